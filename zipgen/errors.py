@@ -1,0 +1,17 @@
+"""Exceptions zipgen raises. Each names what was wrong and, where it helps, what to do."""
+
+
+class ZipgenError(Exception):
+    """Base class of every error zipgen raises on purpose."""
+
+
+class FormatError(ZipgenError):
+    """A tensor or file does not follow docs/FORMAT.md (wrong version, bad sizes, corrupt data)."""
+
+
+class ChecksumError(FormatError):
+    """Decoded data differs from the checksum recorded when it was compressed."""
+
+
+class InputError(ZipgenError, ValueError):
+    """An argument the caller passed cannot be compressed or used (dtype, shape, device...)."""

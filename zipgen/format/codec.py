@@ -1,0 +1,215 @@
+"""The TCA-TBE codec in plain torch ops (docs/FORMAT.md): compress and decompress.
+
+No per-element Python: every step is a tensor op over the whole matrix, so the same code runs
+on the CPU and, unchanged, on a CUDA device. Bytes are handled as uint8 where possible
+(contiguous uint8 arithmetic is the fastest torch path on the CPU).
+"""
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import torch
+
+from ..errors import FormatError, InputError
+from .layout import (LANES, PLANES, STREAM_ALIGN, STRIP_ELEMS, from_lane_order, num_strips,
+                     padded_shape, to_lane_order)
+from .tensor import CompressedTensor
+from .window import best_window, exponent_histogram
+
+def _check_input(w: torch.Tensor, name: str) -> None:
+    if not isinstance(w, torch.Tensor):
+        raise InputError(f"{name}: expected a torch.Tensor, got {type(w).__name__}")
+    if w.dtype != torch.bfloat16:
+        raise InputError(f"{name}: dtype {w.dtype} is not torch.bfloat16; TCA-TBE stores BF16 "
+                         f"only (cast first if a lossy cast is acceptable)")
+    if w.dim() != 2:
+        raise InputError(f"{name}: expected a 2-D matrix, got shape {tuple(w.shape)}")
+    if w.numel() == 0:
+        raise InputError(f"{name}: tensor of shape {tuple(w.shape)} is empty")
+
+
+# Byte i of a uint64 holds code i (0..7). Multiplying the isolated plane-p bits by this constant
+# gathers bit p of all eight bytes into the top byte (no two partial products overlap, so no
+# carries); the product wraps modulo 2^64, which torch's int64 multiply does.
+_GATHER = 0x0102040810204080
+_LOW_BITS = 0x0101010101010101
+
+
+def _pack_planes(codes_lane: torch.Tensor) -> torch.Tensor:
+    """codes uint8 [S, 32 lanes, 32 elements] -> int32 [S, 3, 32]: bit i of plane word p is
+    bit p of element i's code."""
+    s = codes_lane.shape[0]
+    groups = codes_lane.contiguous().view(torch.int64)  # [S, 32, 4]: 8 codes each
+    plane_bytes = codes_lane.new_empty((s, PLANES, LANES, 4))
+    for p in range(PLANES):
+        gathered = (((groups >> p) & _LOW_BITS) * _GATHER) >> 56
+        plane_bytes[:, p] = gathered.to(torch.uint8)
+    return plane_bytes.view(torch.int32).view(s, PLANES, LANES)
+
+
+def _spread_table(device) -> torch.Tensor:
+    """int64 [256]: bit j of the index moved to bit 8j (byte j = 0 or 1)."""
+    idx = torch.arange(256, dtype=torch.int64)
+    table = torch.zeros(256, dtype=torch.int64)
+    for j in range(8):
+        table |= ((idx >> j) & 1) << (8 * j)
+    return table.to(device)
+
+
+def _popcount_table(device) -> torch.Tensor:
+    idx = torch.arange(256, dtype=torch.uint8)
+    return sum(((idx >> j) & 1) for j in range(8)).to(device)
+
+
+def _unpack_codes(planes: torch.Tensor) -> torch.Tensor:
+    """int32 [S, 3, 32] -> codes uint8 [S, 1024] in lane order (inverse of _pack_planes)."""
+    s = planes.shape[0]
+    plane_bytes = planes.contiguous().view(torch.uint8).view(s, PLANES, -1).to(torch.int32)
+    spread = _spread_table(planes.device)
+    codes = torch.index_select(spread, 0, plane_bytes[:, 0].reshape(-1))
+    codes |= torch.index_select(spread, 0, plane_bytes[:, 1].reshape(-1)) << 1
+    codes |= torch.index_select(spread, 0, plane_bytes[:, 2].reshape(-1)) << 2
+    return codes.view(torch.uint8).view(s, STRIP_ELEMS)
+
+
+def _fallbacks_per_strip(planes: torch.Tensor) -> torch.Tensor:
+    """int64 [S]: elements with code 0 per strip, counted on the packed planes."""
+    s = planes.shape[0]
+    b = planes.contiguous().view(torch.uint8).view(s, PLANES, -1)
+    fallback_bytes = ~(b[:, 0] | b[:, 1] | b[:, 2])
+    counts = torch.index_select(_popcount_table(planes.device), 0,
+                                fallback_bytes.reshape(-1).to(torch.int32))
+    return counts.view(s, -1).sum(1, dtype=torch.int64)
+
+
+def _lane_to_sm_order(x: torch.Tensor) -> torch.Tensor:
+    """Per strip, lane order [32 lanes, 2 halves, 16] -> sign-mantissa order [2, 32, 16]."""
+    return x.view(-1, LANES, 2, 16).transpose(1, 2).reshape(-1)
+
+
+def _sm_to_lane_order(x: torch.Tensor) -> torch.Tensor:
+    return x.view(-1, 2, LANES, 16).transpose(1, 2).reshape(-1)
+
+
+# Rows per chunk on the CPU: ~1-2 MB of BF16 per chunk keeps every intermediate in the L2 cache
+# and lets two threads work on different chunks (torch ops release the GIL).
+_CPU_CHUNK_ELEMS = 1 << 19
+
+
+def _row_chunks(n_rows_padded: int, kp: int, device: torch.device) -> list[tuple[int, int]]:
+    if device.type != "cpu":
+        return [(0, n_rows_padded)]
+    rows = max(16, (_CPU_CHUNK_ELEMS // kp) // 16 * 16)
+    return [(r, min(r + rows, n_rows_padded)) for r in range(0, n_rows_padded, rows)]
+
+
+def _map_chunks(fn, chunks, device):
+    if device.type == "cpu" and len(chunks) > 1 and torch.get_num_threads() > 1:
+        with ThreadPoolExecutor(max_workers=torch.get_num_threads()) as pool:
+            return list(pool.map(fn, chunks))
+    return [fn(c) for c in chunks]
+
+
+def _padded_rows(bits: torch.Tensor, r0: int, r1: int, kp: int, fill: int) -> torch.Tensor:
+    """Rows r0..r1 of the matrix padded to [r1 - r0, Kp] with `fill` (FORMAT.md §3)."""
+    n, k = bits.shape
+    if r1 <= n and k == kp:
+        return bits[r0:r1]
+    out = bits.new_full((r1 - r0, kp), fill)
+    out[: max(0, min(r1, n) - r0), :k] = bits[r0:min(r1, n)]
+    return out
+
+
+def compress(w: torch.Tensor, name: str = "tensor") -> CompressedTensor:
+    """Compress a 2-D BF16 matrix of any shape, on its own device. Lossless: decompress()
+    returns the same bits."""
+    _check_input(w, name)
+    n, k = w.shape
+    device = w.device
+    bits = w.contiguous().view(torch.int16)
+    window = best_window(exponent_histogram(bits))
+    lo = window.lo
+    np_, kp = padded_shape(n, k)
+    strips_per_row_group = kp // 64
+    s = num_strips(n, k)
+
+    sign_mantissa = torch.empty(s * STRIP_ELEMS, dtype=torch.uint8, device=device)
+    planes = torch.empty((s, PLANES, LANES), dtype=torch.int32, device=device)
+
+    def encode(rows):
+        r0, r1 = rows
+        s0, s1 = r0 // 16 * strips_per_row_group, r1 // 16 * strips_per_row_group
+        lane = to_lane_order(_padded_rows(bits, r0, r1, kp, lo << 7))
+        exponent = (lane >> 7).to(torch.uint8)
+        sign_mantissa[s0 * STRIP_ELEMS:s1 * STRIP_ELEMS] = _lane_to_sm_order(
+            ((lane >> 8).to(torch.uint8) & 0x80) | (lane.to(torch.uint8) & 0x7F))
+        offset = exponent - lo  # uint8 arithmetic wraps: < 7 exactly when inside the window
+        in_window = offset < 7
+        codes = (offset + 1) * in_window.view(torch.uint8)  # 0 for fallbacks
+        planes[s0:s1] = _pack_planes(codes.view(s1 - s0, LANES, 32))
+        return exponent[~in_window]
+
+    fallbacks = torch.cat(_map_chunks(encode, _row_chunks(np_, kp, device), device))
+    total = fallbacks.numel()
+    if total >= 2**31:
+        raise InputError(f"{name}: {total} fallbacks exceed the format's 2^31 limit; "
+                         f"split the matrix")
+    offsets = torch.zeros(s + 1, dtype=torch.int64, device=device)
+    torch.cumsum(_fallbacks_per_strip(planes), 0, out=offsets[1:])
+    fallback_stream = torch.zeros(-(-total // STREAM_ALIGN) * STREAM_ALIGN, dtype=torch.uint8,
+                                  device=device)
+    fallback_stream[:total] = fallbacks
+
+    return CompressedTensor(
+        shape=(n, k),
+        base=window.base,
+        sign_mantissa=sign_mantissa,
+        planes=planes,
+        fallback_exponents=fallback_stream,
+        fallback_offsets=offsets.to(torch.int32),
+    )
+
+
+def decompress_reference(ct: CompressedTensor) -> torch.Tensor:
+    """Decode with torch ops on the tensor's own device; the bit-exact reference that every
+    GPU kernel is tested against. Raises FormatError if the streams contradict each other."""
+    ct.validate()
+    n, k = ct.shape
+    np_, kp = padded_shape(n, k)
+    strips_per_row_group = kp // 64
+    device = ct.device
+
+    offsets = ct.fallback_offsets.to(torch.int64)
+    if not torch.equal(offsets[1:] - offsets[:-1], _fallbacks_per_strip(ct.planes)):
+        raise FormatError("fallback_offsets disagree with the fallback counts in the planes: "
+                          "the data is corrupt")
+    chunks = _row_chunks(np_, kp, device)
+    bounds = offsets[[r // 16 * strips_per_row_group for c in chunks for r in c]].tolist()
+    out = torch.empty((n, k), dtype=torch.int16, device=device)
+    base = ct.base & 0xFF  # uint8 wrap: base -1 adds 255
+
+    def decode(chunk_index):
+        r0, r1 = chunks[chunk_index]
+        s0, s1 = r0 // 16 * strips_per_row_group, r1 // 16 * strips_per_row_group
+        f0, f1 = bounds[2 * chunk_index], bounds[2 * chunk_index + 1]
+        codes = _unpack_codes(ct.planes[s0:s1]).view(-1)
+        exponent = codes + base
+        exponent[codes == 0] = ct.fallback_exponents[f0:f1]
+        sign_mantissa = _sm_to_lane_order(ct.sign_mantissa[s0 * STRIP_ELEMS:s1 * STRIP_ELEMS])
+        hi = (sign_mantissa & 0x80) | (exponent >> 1)
+        lo = (exponent << 7) | (sign_mantissa & 0x7F)
+        lane = torch.stack([lo, hi], dim=-1).view(torch.int16).view(-1)  # little-endian pairs
+        rows = from_lane_order(lane, r1 - r0, kp)
+        last = min(r1, n)
+        if last > r0:
+            out[r0:last] = rows[: last - r0, :k]
+
+    _map_chunks(decode, range(len(chunks)), device)
+    return out.view(torch.bfloat16)
+
+
+def decompress(ct: CompressedTensor) -> torch.Tensor:
+    """The original BF16 matrix, bit for bit, on the tensor's device."""
+    if not isinstance(ct, CompressedTensor):
+        raise InputError(f"expected a CompressedTensor, got {type(ct).__name__}")
+    return decompress_reference(ct)
