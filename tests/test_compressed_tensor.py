@@ -1,0 +1,101 @@
+"""CompressedTensor: properties, bad input, corrupt streams."""
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+
+import zipgen
+from zipgen import FormatError, InputError
+
+from conftest import assert_bit_exact
+
+
+@pytest.fixture
+def weights():
+    g = torch.Generator().manual_seed(3)
+    return (torch.randn(100, 300, generator=g) * 0.02).to(torch.bfloat16)
+
+
+def test_properties(weights):
+    ct = zipgen.compress(weights)
+    assert ct.shape == (100, 300) and ct.numel == 30000
+    assert ct.format_version == zipgen.FORMAT_VERSION == 1
+    streams = ct.streams()
+    assert set(streams) == {"sign_mantissa", "planes", "fallback_exponents", "fallback_offsets"}
+    assert ct.nbytes == sum(t.numel() * t.element_size() for t in streams.values())
+    assert ct.bits_per_weight == pytest.approx(8 * ct.nbytes / 30000)
+    assert ct.ratio == pytest.approx(ct.nbytes / 60000)
+    assert 0.9 < ct.coverage < 1.0
+    assert "CompressedTensor" in repr(ct)
+
+
+def test_to_device_roundtrip(weights):
+    ct = zipgen.compress(weights)
+    moved = ct.to("cpu")
+    assert moved.device.type == "cpu"
+    assert_bit_exact(zipgen.decompress(moved), weights)
+
+
+@pytest.mark.parametrize("bad,match", [
+    (torch.zeros(4, 4, dtype=torch.float32), "not torch.bfloat16"),
+    (torch.zeros(4, 4, dtype=torch.float16), "not torch.bfloat16"),
+    (torch.zeros(4, dtype=torch.bfloat16), "2-D"),
+    (torch.zeros(2, 3, 4, dtype=torch.bfloat16), "2-D"),
+    (torch.zeros(0, 4, dtype=torch.bfloat16), "empty"),
+    ([[1.0]], "torch.Tensor"),
+])
+def test_bad_input(bad, match):
+    with pytest.raises(InputError, match=match):
+        zipgen.compress(bad, name="layer.weight")
+
+
+def test_error_names_the_tensor():
+    with pytest.raises(InputError, match="my.layer"):
+        zipgen.compress(torch.zeros(4, 4), name="my.layer")
+
+
+def test_decompress_rejects_non_compressed():
+    with pytest.raises(InputError):
+        zipgen.decompress(torch.zeros(4, 4, dtype=torch.bfloat16))
+
+
+def test_unknown_version(weights):
+    ct = zipgen.compress(weights)
+    with pytest.raises(FormatError, match="version 2"):
+        replace(ct, format_version=2)
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("sign_mantissa", torch.zeros(10, dtype=torch.uint8), "shape"),
+    ("planes", torch.zeros(1, 3, 32, dtype=torch.int64), "dtype"),
+    ("fallback_exponents", torch.zeros(15, dtype=torch.uint8), "multiple of 16"),
+    ("fallback_offsets", torch.zeros(3, dtype=torch.int32), "shape"),
+])
+def test_malformed_streams(weights, field, value, match):
+    ct = zipgen.compress(weights)
+    with pytest.raises(FormatError, match=match):
+        replace(ct, **{field: value})
+
+
+def test_bad_base(weights):
+    with pytest.raises(FormatError, match="base"):
+        replace(zipgen.compress(weights), base=249)
+
+
+def test_corrupt_offsets_detected(weights):
+    ct = zipgen.compress(weights)
+    offsets = ct.fallback_offsets.clone()
+    offsets[1] += 1
+    offsets[2] -= 1  # same total, wrong split: only the plane counts can tell
+    with pytest.raises(FormatError, match="corrupt"):
+        zipgen.decompress(replace(ct, fallback_offsets=offsets))
+
+
+def test_corrupt_planes_detected(weights):
+    ct = zipgen.compress(weights)
+    planes = ct.planes.clone()
+    planes[0, :, 0] = 0  # every element of lane 0 becomes a fallback
+    with pytest.raises(FormatError, match="corrupt"):
+        zipgen.decompress(replace(ct, planes=planes))

@@ -1,0 +1,1 @@
+"""The `zipgen` command line."""
