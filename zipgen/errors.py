@@ -15,3 +15,13 @@ class ChecksumError(FormatError):
 
 class InputError(ZipgenError, ValueError):
     """An argument the caller passed cannot be compressed or used (dtype, shape, device...)."""
+
+
+class CompileError(ZipgenError):
+    """NVRTC could not compile a kernel. The message holds NVRTC's log and where the failing source
+    was saved; `log` and `source_path` hold the same for code that wants them."""
+
+    def __init__(self, message, *, log="", source_path=None):
+        super().__init__(message)
+        self.log = log
+        self.source_path = source_path
