@@ -27,7 +27,7 @@ def spec_encode(bits: np.ndarray):
     strips = (np_ // 16) * (kp // 64)
     sm = np.zeros(strips * 1024, dtype=np.uint8)
     planes = np.zeros((strips, 3, 32), dtype=np.uint32)
-    fallbacks, offsets = [], [0]
+    fallbacks, offsets, lane_fallbacks = [], [0], {}
     for rg in range(np_ // 16):
         for kg in range(kp // 64):
             s = rg * (kp // 64) + kg
@@ -42,10 +42,13 @@ def spec_encode(bits: np.ndarray):
                     sm[1024 * s + 512 * (i >> 4) + 16 * lane + (i & 15)] = \
                         ((u >> 15) << 7) | (u & 0x7F)
                     code = ex - base if w <= ex <= w + 6 else 0
+                    b = (i >> 1) + 16 * (i & 1)
                     for p in range(3):
-                        planes[s, p, lane] |= ((code >> p) & 1) << i
+                        planes[s, p, lane] |= ((code >> p) & 1) << b
                     if code == 0:
-                        fallbacks.append(ex)  # lane-major, then i: the order of the loops
+                        lane_fallbacks[b] = ex
+                fallbacks += [lane_fallbacks[b] for b in sorted(lane_fallbacks)]
+                lane_fallbacks.clear()
             offsets.append(len(fallbacks))
     fb = np.zeros(-(-len(fallbacks) // 16) * 16, dtype=np.uint8)
     fb[:len(fallbacks)] = fallbacks

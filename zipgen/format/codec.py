@@ -36,8 +36,8 @@ _LOW_BITS = 0x0101010101010101
 
 
 def _pack_planes(codes_lane: torch.Tensor) -> torch.Tensor:
-    """codes uint8 [S, 32 lanes, 32 elements] -> int32 [S, 3, 32]: bit i of plane word p is
-    bit p of element i's code."""
+    """codes uint8 [S, 32 lanes, 32] in plane-bit order -> int32 [S, 3, 32]: bit b of plane
+    word p is bit p of code b."""
     s = codes_lane.shape[0]
     groups = codes_lane.contiguous().view(torch.int64)  # [S, 32, 4]: 8 codes each
     plane_bytes = codes_lane.new_empty((s, PLANES, LANES, 4))
@@ -62,7 +62,8 @@ def _popcount_table(device) -> torch.Tensor:
 
 
 def _unpack_codes(planes: torch.Tensor) -> torch.Tensor:
-    """int32 [S, 3, 32] -> codes uint8 [S, 1024] in lane order (inverse of _pack_planes)."""
+    """int32 [S, 3, 32] -> codes uint8 [S, 1024], lane-major, plane-bit order (the inverse
+    of _pack_planes)."""
     s = planes.shape[0]
     plane_bytes = planes.contiguous().view(torch.uint8).view(s, PLANES, -1).to(torch.int32)
     spread = _spread_table(planes.device)
@@ -80,6 +81,16 @@ def _fallbacks_per_strip(planes: torch.Tensor) -> torch.Tensor:
     counts = torch.index_select(_popcount_table(planes.device), 0,
                                 fallback_bytes.reshape(-1).to(torch.int32))
     return counts.view(s, -1).sum(1, dtype=torch.int64)
+
+
+def _to_bit_order(lane: torch.Tensor) -> torch.Tensor:
+    """Lane order (element i = 2r + e) -> plane-bit order (b = r + 16e), as a strided view."""
+    return lane.view(-1, 16, 2).transpose(1, 2)
+
+
+def _to_element_order(bit_ordered: torch.Tensor) -> torch.Tensor:
+    """Plane-bit order -> lane order [-1, 16, 2], as a strided view."""
+    return bit_ordered.view(-1, 2, 16).transpose(1, 2)
 
 
 def _lane_to_sm_order(x: torch.Tensor) -> torch.Tensor:
@@ -140,9 +151,10 @@ def compress(w: torch.Tensor, name: str = "tensor") -> CompressedTensor:
         r0, r1 = rows
         s0, s1 = r0 // 16 * strips_per_row_group, r1 // 16 * strips_per_row_group
         lane = to_lane_order(_padded_rows(bits, r0, r1, kp, lo << 7))
-        exponent = (lane >> 7).to(torch.uint8)
         sign_mantissa[s0 * STRIP_ELEMS:s1 * STRIP_ELEMS] = _lane_to_sm_order(
             ((lane >> 8).to(torch.uint8) & 0x80) | (lane.to(torch.uint8) & 0x7F))
+        # codes and fallbacks are in plane-bit order
+        exponent = _to_bit_order((lane >> 7).to(torch.uint8)).contiguous()
         offset = exponent - lo  # uint8 arithmetic wraps: < 7 exactly when inside the window
         in_window = offset < 7
         codes = (offset + 1) * in_window.view(torch.uint8)  # 0 for fallbacks
@@ -195,7 +207,9 @@ def decompress_reference(ct: CompressedTensor) -> torch.Tensor:
         codes = _unpack_codes(ct.planes[s0:s1]).view(-1)
         exponent = codes + base
         exponent[codes == 0] = ct.fallback_exponents[f0:f1]
-        sign_mantissa = _sm_to_lane_order(ct.sign_mantissa[s0 * STRIP_ELEMS:s1 * STRIP_ELEMS])
+        exponent = _to_element_order(exponent)
+        sign_mantissa = _sm_to_lane_order(
+            ct.sign_mantissa[s0 * STRIP_ELEMS:s1 * STRIP_ELEMS]).view(exponent.shape)
         hi = (sign_mantissa & 0x80) | (exponent >> 1)
         lo = (exponent << 7) | (sign_mantissa & 0x7F)
         lane = torch.stack([lo, hi], dim=-1).view(torch.int16).view(-1)  # little-endian pairs
