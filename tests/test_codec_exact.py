@@ -8,9 +8,7 @@ import torch
 import zipgen
 from zipgen.format import best_window, exponent_histogram
 
-from conftest import assert_bit_exact, bits_of, from_bits
-
-ALL_PATTERNS = torch.arange(-32768, 32768, dtype=torch.int32).to(torch.int16)
+from conftest import ALL_PATTERNS, assert_bit_exact, bits_of, from_bits
 
 
 @pytest.mark.parametrize("shape", [(256, 256), (1, 65536), (65536, 1), (512, 128), (100, 655)])

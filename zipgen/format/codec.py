@@ -223,7 +223,11 @@ def decompress_reference(ct: CompressedTensor) -> torch.Tensor:
 
 
 def decompress(ct: CompressedTensor) -> torch.Tensor:
-    """The original BF16 matrix, bit for bit, on the tensor's device."""
+    """The original BF16 matrix, bit for bit, on the tensor's device (on a GPU through the
+    generated decoder kernel)."""
     if not isinstance(ct, CompressedTensor):
         raise InputError(f"expected a CompressedTensor, got {type(ct).__name__}")
+    if ct.device.type == "cuda":
+        from ..runtime.decode import decompress_cuda
+        return decompress_cuda(ct)
     return decompress_reference(ct)

@@ -1,0 +1,70 @@
+"""Shared GPU timing helpers for the benchmarks: CUDA-graph replays, CUDA events, medians,
+weights rotated past the L2 cache, the copy-bandwidth ceiling, and the card's description."""
+from __future__ import annotations
+
+import datetime
+import statistics
+import subprocess
+import sys
+
+import torch
+
+
+def describe_machine() -> str:
+    props = torch.cuda.get_device_properties(0)
+    try:
+        driver = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                                capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        driver = "?"
+    return (f"{props.name}, {props.multi_processor_count} SMs, "
+            f"{props.total_memory / 2**30:.0f} GiB, driver {driver}, torch {torch.__version__}")
+
+
+def header(title: str) -> str:
+    return (f"# {title}\n# card: {describe_machine()}\n"
+            f"# date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}\n"
+            f"# command: {' '.join(['python'] + sys.argv)}")
+
+
+def rotation_count(bytes_per_copy: int, l2_multiple: float = 4.0, at_least: int = 2,
+                   at_most: int = 64) -> int:
+    """How many copies of the operands make one pass over them exceed the L2 several times."""
+    l2 = getattr(torch.cuda.get_device_properties(0), "L2_cache_size", 50 << 20)
+    need = int(l2 * l2_multiple // max(bytes_per_copy, 1)) + 1
+    return max(at_least, min(at_most, need))
+
+
+def graph_time_us(calls, replays: int = 20, warmup: int = 3) -> float:
+    """Median time per call in microseconds: the calls (one per rotated operand set) are
+    captured in one CUDA graph, replayed `replays` times, each replay timed with events."""
+    for _ in range(warmup):
+        for c in calls:
+            c()
+    torch.cuda.synchronize()
+    stream = torch.cuda.Stream()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.stream(stream):
+        with torch.cuda.graph(graph, stream=stream):
+            for c in calls:
+                c()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(replays + 1):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) * 1000 / len(calls))
+    return statistics.median(times[1:])
+
+
+def copy_bandwidth_tbs(gib: float = 2.0) -> float:
+    """Device-to-device copy rate in TB/s, counting bytes read plus bytes written."""
+    n = int(gib * 2**30) // 2
+    src = torch.randn(n, device="cuda", dtype=torch.bfloat16)
+    dst = torch.empty_like(src)
+    t = graph_time_us([lambda: dst.copy_(src)], replays=10)
+    del src, dst
+    return 2 * n * 2 / (t * 1e-6) / 1e12

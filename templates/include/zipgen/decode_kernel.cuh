@@ -1,0 +1,90 @@
+// The standalone TCA-TBE -> BF16 decoder (used before cuBLAS for large-M GEMMs).
+// Each warp decodes kStripsPerWarp strips of 16x64 weights: it issues all their loads first,
+// decodes two weights per 32-bit operation, patches the rare fallbacks, and stages each strip
+// in shared memory so that global stores are whole 16-byte chunks of rows.
+#pragma once
+#include <zipgen/tcatbe.cuh>
+
+namespace zipgen {
+
+// Row pitch of the staging tile in 32-bit words: with 36 (not 32), the pair stores of a warp
+// (word 36 * row + 8t + 4(f >> 1) + q, row = g + ...) fall into 32 different banks.
+constexpr int kStagePitch = 36;
+constexpr int kStageWords = kStripRows * kStagePitch;
+
+// The right edge of a matrix whose K is not a multiple of 8: up to 8 values, one at a time.
+// Out of line: it is rare, and unrolled into every chunk it would bloat the kernel.
+__device__ __noinline__ void store_ragged(unsigned short* dst, uint4 v, int count) {
+  const unsigned words[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+  for (int c = 0; c < 8; ++c)
+    if (c < count) dst[c] = static_cast<unsigned short>(words[c >> 1] >> (16 * (c & 1)));
+}
+
+template <int kWarps, int kStripsPerWarp>
+__device__ __forceinline__ void decode_strips(
+    const uint4* __restrict__ sign_mantissa, const unsigned* __restrict__ planes,
+    const unsigned char* __restrict__ fallback_exponents, const int* __restrict__ fallback_offsets,
+    unsigned short* __restrict__ out, int n, int k, int strips_per_row_group, int num_strips,
+    int base, unsigned* stage) {
+  const int lane = threadIdx.x & 31;
+  const int warp = threadIdx.x >> 5;
+  unsigned* tile = stage + warp * kStageWords;
+  const long long first = (static_cast<long long>(blockIdx.x) * kWarps + warp) * kStripsPerWarp;
+  const unsigned base_pair = base_pair_of(base);
+  const bool row_vectors = (k & 7) == 0;  // 16-byte stores stay aligned in every row
+
+  LaneStrip data[kStripsPerWarp];
+  int fallback_start[kStripsPerWarp];
+#pragma unroll
+  for (int j = 0; j < kStripsPerWarp; ++j) {
+    if (first + j < num_strips) {
+      data[j] = load_lane_strip(sign_mantissa, planes, first + j, lane);
+      fallback_start[j] = __ldg(fallback_offsets + first + j);
+    }
+  }
+
+#pragma unroll
+  for (int j = 0; j < kStripsPerWarp; ++j) {
+    const long long s = first + j;
+    if (s >= num_strips) break;  // warp-uniform
+    const unsigned fallbacks = fallback_mask(data[j]);
+    int rank = fallback_start[j] + lanes_below(__popc(fallbacks), lane);
+
+#pragma unroll
+    for (int r = 0; r < 16; ++r)
+      tile[element_row(lane, r) * kStagePitch + element_col(lane, r, 0) / 2] =
+          decode_pair(data[j], r, base_pair);
+
+    // Fallbacks: each lane patches its own elements, whose exponents follow in bit order.
+    unsigned short* tile16 = reinterpret_cast<unsigned short*>(tile);
+    for (unsigned m = fallbacks; m; m &= m - 1, ++rank) {
+      const int b = __ffs(m) - 1;
+      unsigned short* slot =
+          tile16 + element_row(lane, b & 15) * 2 * kStagePitch + element_col(lane, b & 15, b >> 4);
+      *slot = static_cast<unsigned short>((*slot & 0x807Fu) | (unsigned(fallback_exponents[rank]) << 7));
+    }
+    __syncwarp();
+
+    // 16 rows x 8 chunks of 16 bytes -> global memory, row by row
+    const int row0 = static_cast<int>(s / strips_per_row_group) * kStripRows;
+    const int col0 = static_cast<int>(s % strips_per_row_group) * kStripCols;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int chunk = i * 32 + lane;
+      const int row = row0 + (chunk >> 3);
+      const int col = col0 + (chunk & 7) * 8;
+      if (row >= n || col >= k) continue;
+      const uint4 v = *reinterpret_cast<const uint4*>(tile + (chunk >> 3) * kStagePitch + (chunk & 7) * 4);
+      unsigned short* dst = out + static_cast<long long>(row) * k + col;
+      if (row_vectors && col + 8 <= k) {
+        *reinterpret_cast<uint4*>(dst) = v;
+      } else {
+        store_ragged(dst, v, k - col);
+      }
+    }
+    __syncwarp();  // the next strip rewrites the tile
+  }
+}
+
+}  // namespace zipgen

@@ -1,0 +1,59 @@
+"""Kernel configurations: frozen, hashable, validated statically per arch, named for CUTLASS-style
+self-describing cubins. Every op registers its config class and template in OPS."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+from .arch import ArchTraits
+
+
+@dataclass(frozen=True)
+class DecodeConfig:
+    """The standalone decoder: warps per CTA and strips (16x64 weights) each warp decodes."""
+
+    warps_per_cta: int = 8
+    strips_per_warp: int = 4
+
+    op = "decode"
+    template = "decode.cu.j2"
+
+    def problems(self, arch: ArchTraits) -> list[str]:
+        """Why this config cannot run on `arch` (empty when it can)."""
+        out = []
+        if self.warps_per_cta not in (1, 2, 4, 8, 16):
+            out.append(f"warps_per_cta={self.warps_per_cta} is not 1, 2, 4, 8 or 16")
+        if self.strips_per_warp not in (1, 2, 4, 8):
+            out.append(f"strips_per_warp={self.strips_per_warp} is not 1, 2, 4 or 8")
+        if self.smem_bytes > arch.max_smem_static:
+            out.append(f"{self.smem_bytes} B of shared memory exceed {arch.name}'s "
+                       f"{arch.max_smem_static} B")
+        return out
+
+    @property
+    def threads(self) -> int:
+        return 32 * self.warps_per_cta
+
+    @property
+    def smem_bytes(self) -> int:
+        return self.warps_per_cta * 16 * 36 * 4  # staging tile per warp (decode_kernel.cuh)
+
+    def kernel_name(self, arch: ArchTraits) -> str:
+        return f"zipgen_decode_{arch.short}_w{self.warps_per_cta}_s{self.strips_per_warp}"
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def describe(self) -> str:
+        return " ".join(f"{f.name}={getattr(self, f.name)}" for f in fields(self))
+
+    def grid(self, num_strips: int) -> int:
+        per_cta = self.warps_per_cta * self.strips_per_warp
+        return -(-num_strips // per_cta)
+
+
+OPS = {"decode": DecodeConfig}
+
+
+def default_config(op: str, arch: ArchTraits):
+    """The configuration used when nothing was tuned (measured on H100; see BENCHMARKS.md)."""
+    return OPS[op]()

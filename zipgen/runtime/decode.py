@@ -1,0 +1,36 @@
+"""The GPU decoder: CompressedTensor on a CUDA device -> BF16 matrix, bit-exact."""
+from __future__ import annotations
+
+import torch
+
+from ..codegen import DecodeConfig
+from ..errors import InputError
+from ..format import CompressedTensor
+from ..format.layout import padded_shape
+from .kernels import get_kernel, launch
+
+
+def decompress_cuda(ct: CompressedTensor, out: torch.Tensor | None = None,
+                    config: DecodeConfig | None = None) -> torch.Tensor:
+    """Decode `ct` (on a CUDA device) into `out` (BF16 [N, K] on the same device, made if
+    None) with the generated decoder, on torch's current stream."""
+    if ct.device.type != "cuda":
+        raise InputError(f"decompress_cuda needs a CompressedTensor on a CUDA device, not {ct.device}")
+    n, k = ct.shape
+    if out is None:
+        out = torch.empty((n, k), dtype=torch.bfloat16, device=ct.device)
+    elif (out.dtype != torch.bfloat16 or tuple(out.shape) != (n, k) or out.device != ct.device
+          or not out.is_contiguous()):
+        raise InputError(f"out must be a contiguous BF16 tensor of shape {(n, k)} on {ct.device}, "
+                         f"got {out.dtype} {tuple(out.shape)} on {out.device}")
+    for name, t in (("out", out), ("sign_mantissa", ct.sign_mantissa)):
+        if t.data_ptr() % 16:
+            raise InputError(f"{name} must be 16-byte aligned for the decoder's vector accesses")
+    cfg = config or DecodeConfig()
+    kernel = get_kernel("decode", cfg, ct.device)
+    strips_per_row_group = padded_shape(n, k)[1] // 64
+    launch(kernel, grid=(cfg.grid(ct.num_strips),), block=(cfg.threads,),
+           args=(ct.sign_mantissa, ct.planes, ct.fallback_exponents, ct.fallback_offsets, out,
+                 n, k, strips_per_row_group, ct.num_strips, ct.base),
+           device=ct.device)
+    return out

@@ -1,0 +1,92 @@
+"""Loading generated kernels onto the current CUDA device and launching them on torch's stream.
+
+cuda.core does the driver work (module load, launch); kernels are built by zipgen.codegen
+(cubin cache, else NVRTC) once per (device, op, arch, config) and kept for the process."""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import torch
+
+from ..codegen import arch_for_capability, build_kernel
+from ..errors import ZipgenError
+
+_lock = threading.Lock()
+_kernels: dict[tuple, object] = {}
+_current_devices: set[tuple[int, int]] = set()
+
+
+def device_arch(device: torch.device) -> str:
+    """The arch string whose cubins run on this CUDA device, e.g. "sm_90"."""
+    return arch_for_capability(torch.cuda.get_device_capability(device))
+
+
+def _cuda_core():
+    try:
+        import cuda.core as cc
+    except ImportError as exc:  # pragma: no cover - a broken install
+        raise ZipgenError(f"cuda-python (cuda.core) is needed to launch zipgen kernels: {exc}")
+    return cc
+
+
+def _make_current(device_index: int) -> None:
+    """cuda.core wants its Device current in this thread (torch uses the same primary context)."""
+    key = (threading.get_ident(), device_index)
+    if key not in _current_devices:
+        _cuda_core().Device(device_index).set_current()
+        _current_devices.add(key)
+
+
+def get_kernel(op: str, config, device: torch.device):
+    """The loaded kernel for `config` on `device` (built or taken from the cache first)."""
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    arch = device_arch(torch.device("cuda", index))
+    key = (index, op, arch, config)
+    kernel = _kernels.get(key)
+    if kernel is None:
+        with _lock:
+            kernel = _kernels.get(key)
+            if kernel is None:
+                built = build_kernel(op, arch, config)
+                _make_current(index)
+                code = _cuda_core().ObjectCode.from_cubin(built.cubin)
+                kernel = code.get_kernel(built.kernel_name)
+                _kernels[key] = kernel
+    return kernel
+
+
+class _TorchStream:
+    """Hands torch's stream to cuda.core through the __cuda_stream__ protocol."""
+
+    def __init__(self, stream: torch.cuda.Stream):
+        self._handle = stream.cuda_stream
+
+    def __cuda_stream__(self):
+        return (0, self._handle)
+
+
+def launch(kernel, grid, block, args, *, device: torch.device, shared_bytes: int = 0) -> None:
+    """Launch on the current torch stream of `device`. Tensors pass as pointers, Python ints
+    as int32 and floats as float32 (never as doubles: the kernels take 32-bit scalars)."""
+    cc = _cuda_core()
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    _make_current(index)
+    converted = []
+    for a in args:
+        if isinstance(a, torch.Tensor):
+            converted.append(a.data_ptr())
+        elif isinstance(a, bool):
+            converted.append(np.int32(a))
+        elif isinstance(a, int):
+            converted.append(np.int32(a))
+        elif isinstance(a, float):
+            converted.append(np.float32(a))
+        else:
+            converted.append(a)
+    config = cc.LaunchConfig(grid=grid, block=block, shmem_size=shared_bytes)
+    stream = _TorchStream(torch.cuda.current_stream(index))
+    try:
+        cc.launch(stream, config, kernel, *converted)
+    except Exception as exc:
+        raise ZipgenError(f"kernel launch failed (grid {grid}, block {block}): {exc}") from exc
