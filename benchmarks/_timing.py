@@ -6,6 +6,7 @@ import datetime
 import statistics
 import subprocess
 import sys
+import time
 
 import torch
 
@@ -60,11 +61,22 @@ def graph_time_us(calls, replays: int = 20, warmup: int = 3) -> float:
     return statistics.median(times[1:])
 
 
+def warm_up_gpu(seconds: float = 1.0) -> None:
+    """Keep the GPU busy until its clocks have ramped up (an idle H200 sits at ~350 MHz)."""
+    a = torch.randn(4096, 4096, device="cuda", dtype=torch.bfloat16)
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        for _ in range(20):
+            a = (a @ a).clamp_(-1, 1)
+        torch.cuda.synchronize()
+
+
 def copy_bandwidth_tbs(gib: float = 2.0) -> float:
     """Device-to-device copy rate in TB/s, counting bytes read plus bytes written."""
     n = int(gib * 2**30) // 2
     src = torch.randn(n, device="cuda", dtype=torch.bfloat16)
     dst = torch.empty_like(src)
-    t = graph_time_us([lambda: dst.copy_(src)], replays=10)
+    warm_up_gpu()
+    t = graph_time_us([lambda: dst.copy_(src)], replays=20)
     del src, dst
     return 2 * n * 2 / (t * 1e-6) / 1e12

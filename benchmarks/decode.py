@@ -94,6 +94,8 @@ def main():
     ap.add_argument("--warps", type=int, default=DecodeConfig().warps_per_cta)
     ap.add_argument("--strips", type=int, default=DecodeConfig().strips_per_warp)
     ap.add_argument("--quick", action="store_true", help="two matrices only")
+    ap.add_argument("--sweep", action="store_true",
+                    help="also time every valid decoder config on 14336x4096")
     args = ap.parse_args()
     config = DecodeConfig(args.warps, args.strips)
     print(header("zipgen decoder benchmark (benchmarks/decode.py)"))
@@ -115,6 +117,18 @@ def main():
         print(f"| {name} | {r['bf16_bytes'] / 1e6:.0f} | {r['bits_per_weight']:.2f} | "
               f"{r['decode_us']:.1f} | {out_tbs:.2f} | {moved:.2f} | {100 * moved / copy:.0f}% | "
               f"{r['cublas_m1_us']:.1f} | {r['decode_us'] / r['cublas_m1_us']:.2f}x |", flush=True)
+    if args.sweep:
+        print("\n| decoder config (14336x4096) | decode µs | moved TB/s | % of copy |")
+        print("|---|---|---|---|")
+        for warps in (2, 4, 8, 16):
+            for strips in (1, 2, 4, 8):
+                cfg = DecodeConfig(warps, strips)
+                r = measure([MATRICES[2]], cfg)
+                moved = (r["bf16_bytes"] + r["comp_bytes"]) / (r["decode_us"] * 1e-6) / 1e12
+                print(f"| {cfg.describe()} | {r['decode_us']:.1f} | {moved:.2f} | "
+                      f"{100 * moved / copy:.0f}% |", flush=True)
+    copy_end = copy_bandwidth_tbs()
+    print(f"# device-to-device copy at the end of the run: {copy_end:.2f} TB/s")
     comp_gbs, dec_gbs = codec_speed(LLAMA8B_BLOCK)
     print(f"# torch codec on this GPU, Llama-3.1-8B block: compress {comp_gbs:.1f} GB/s, "
           f"reference decompress {dec_gbs:.1f} GB/s of BF16 "

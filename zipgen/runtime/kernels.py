@@ -56,14 +56,16 @@ def get_kernel(op: str, config, device: torch.device):
     return kernel
 
 
-class _TorchStream:
-    """Hands torch's stream to cuda.core through the __cuda_stream__ protocol."""
+_streams: dict[int, object] = {}
 
-    def __init__(self, stream: torch.cuda.Stream):
-        self._handle = stream.cuda_stream
 
-    def __cuda_stream__(self):
-        return (0, self._handle)
+def _stream_of(torch_stream: torch.cuda.Stream):
+    """A cuda.core Stream for torch's stream (wrapping the handle; torch owns the stream)."""
+    handle = torch_stream.cuda_stream
+    wrapped = _streams.get(handle)
+    if wrapped is None:
+        wrapped = _streams[handle] = _cuda_core().Stream.from_handle(handle)
+    return wrapped
 
 
 def launch(kernel, grid, block, args, *, device: torch.device, shared_bytes: int = 0) -> None:
@@ -85,7 +87,7 @@ def launch(kernel, grid, block, args, *, device: torch.device, shared_bytes: int
         else:
             converted.append(a)
     config = cc.LaunchConfig(grid=grid, block=block, shmem_size=shared_bytes)
-    stream = _TorchStream(torch.cuda.current_stream(index))
+    stream = _stream_of(torch.cuda.current_stream(index))
     try:
         cc.launch(stream, config, kernel, *converted)
     except Exception as exc:
