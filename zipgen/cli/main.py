@@ -6,7 +6,7 @@ import sys
 
 from .. import __version__
 from ..errors import ZipgenError
-from . import checkpoint_cmds
+from . import checkpoint_cmds, gen_cmd
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -16,6 +16,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"zipgen {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     checkpoint_cmds.add_parsers(sub)
+    gen_cmd.add_parsers(sub)
     return parser
 
 

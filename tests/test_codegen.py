@@ -1,0 +1,238 @@
+"""zipgen.codegen on a CPU-only machine: rendering (golden snapshot in generated/), config
+validation, NVRTC compiles of every op x arch, SASS resource usage, and `zipgen gen`."""
+from __future__ import annotations
+
+import difflib
+import importlib
+import itertools
+import re
+import subprocess
+from pathlib import Path
+
+import jinja2
+import pytest
+
+import zipgen
+from zipgen.cli.main import main
+from zipgen.codegen import (ARCHES, DEFAULT_ARCHES, OPS, DecodeConfig, arch_traits, build_kernel,
+                            default_config, render)
+from zipgen.compile import cubin_sm
+from zipgen.errors import InputError
+
+# The module, not the function zipgen.codegen re-exports under the same name.
+render_module = importlib.import_module("zipgen.codegen.render")
+GENERATED = Path(__file__).resolve().parents[1] / "generated"
+REGEN = "run `zipgen gen --out generated` and commit the result"
+COMPILE_ARCHES = (*DEFAULT_ARCHES, "sm_90a")
+DEFAULT_CASES = [(op, arch) for op in OPS for arch in DEFAULT_ARCHES]
+COMPILE_CASES = [(op, arch) for op in OPS for arch in COMPILE_ARCHES]
+
+
+@pytest.fixture(autouse=True)
+def cache_dir(tmp_path, monkeypatch) -> Path:
+    """Every test gets its own cubin cache, so none reads or writes the home folder."""
+    root = tmp_path / "zipgen-cache"
+    monkeypatch.setenv("ZIPGEN_CACHE_DIR", str(root))
+    return root
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory) -> dict:
+    """The default kernel of every op x arch, compiled once for the module."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ZIPGEN_CACHE_DIR", str(tmp_path_factory.mktemp("codegen-cache")))
+        return {(op, arch): build_kernel(op, arch, default_config(op, arch_traits(arch)))
+                for op, arch in COMPILE_CASES}
+
+
+def _default(op: str, arch: str):
+    return render(op, arch, default_config(op, arch_traits(arch)))
+
+
+def _cuobjdump() -> str | None:
+    try:
+        from cuda.pathfinder import find_nvidia_binary_utility  # PATH, CUDA_HOME and pip wheels
+    except ImportError:
+        return None
+    return find_nvidia_binary_utility("cuobjdump")
+
+
+# --- golden snapshot -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("op, arch", DEFAULT_CASES)
+def test_generated_sources_match_the_templates(op, arch):
+    kernel = _default(op, arch)
+    path = GENERATED / arch / kernel.file_name
+    assert path.is_file(), f"{path} is missing; {REGEN}"
+    # Bytes, not text: a newline translated on checkout is a difference too.
+    on_disk = path.read_bytes()
+    if on_disk != kernel.source.encode():
+        diff = difflib.unified_diff(on_disk.decode(errors="replace").splitlines(keepends=True),
+                                    kernel.source.splitlines(keepends=True),
+                                    f"generated/{arch}/{kernel.file_name}", "rendered now")
+        pytest.fail(f"{path} differs from what templates/{kernel.config.template} renders; "
+                    f"{REGEN}\n" + "".join(itertools.islice(diff, 40)), pytrace=False)
+
+
+def test_generated_has_no_stale_sources():
+    expected = {GENERATED / arch / _default(op, arch).file_name for op, arch in DEFAULT_CASES}
+    present = set(GENERATED.rglob("*.cu"))
+    stale = sorted(str(p.relative_to(GENERATED)) for p in present - expected)
+    assert not stale, (f"generated/ holds sources no op's default kernel renders to: {stale}; "
+                       f"delete them, then {REGEN}")
+    assert (GENERATED / "README.md").is_file()
+
+
+def test_header_names_template_config_arch_format_and_kernel():
+    for op, arch in DEFAULT_CASES + [(op, "sm_90a") for op in OPS]:
+        kernel = _default(op, arch)
+        header = list(itertools.takewhile(lambda line: line.startswith("//"),
+                                          kernel.source.splitlines()))
+        text = "\n".join(header)
+        assert f"templates/{kernel.config.template}" in text
+        assert f"config: {kernel.config.describe()}" in text
+        assert f"arch: {arch} " in text
+        assert f"format version: {zipgen.FORMAT_VERSION}" in text
+        assert f"kernel: {kernel.kernel_name}" in text
+        assert f"zipgen {zipgen.__version__}" in text
+
+
+# --- NVRTC -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("op, arch", COMPILE_CASES)
+def test_default_kernel_compiles_for_every_arch(built, op, arch):
+    kernel = built[op, arch]
+    assert kernel.cubin.startswith(b"\x7fELF")
+    assert cubin_sm(kernel.cubin) == ARCHES[arch].capability[0] * 10 + ARCHES[arch].capability[1]
+    assert kernel.kernel_name.encode() in kernel.cubin
+
+
+DECODE_GRID = [DecodeConfig(warps_per_cta=w, strips_per_warp=s) for w in (1, 4, 16) for s in (1, 8)]
+
+
+def test_config_grid_renders_and_compiles_with_unique_names():
+    traits = arch_traits("sm_90")
+    names = set()
+    for cfg in DECODE_GRID:
+        assert not cfg.problems(traits)
+        kernel = build_kernel("decode", "sm_90", cfg)
+        name = kernel.kernel_name
+        assert "sm90" in name and f"_w{cfg.warps_per_cta}_s{cfg.strips_per_warp}" in name
+        assert cubin_sm(kernel.cubin) == 90 and name.encode() in kernel.cubin
+        assert f"__launch_bounds__({cfg.threads})" in kernel.rendered.source
+        names.add(name)
+    # Unique over configs and over arches (sm_90 and sm_90a included).
+    names |= {render("decode", arch, cfg).kernel_name for arch in ARCHES for cfg in DECODE_GRID}
+    assert len(names) == len(ARCHES) * len(DECODE_GRID)
+
+
+@pytest.mark.parametrize("op, arch", [(op, "sm_90") for op in OPS])
+def test_default_kernel_sass_has_no_local_memory(built, op, arch, tmp_path):
+    tool = _cuobjdump()
+    if tool is None:
+        pytest.skip("cuobjdump not found (pip install nvidia-cuda-cuobjdump)")
+    kernel = built[op, arch]
+    path = tmp_path / f"{kernel.kernel_name}.cubin"
+    path.write_bytes(kernel.cubin)
+    out = subprocess.run([tool, "--dump-resource-usage", str(path)], capture_output=True,
+                         text=True, check=True, timeout=60).stdout
+    # " Function zipgen_decode_sm90_w8_s4:\n  REG:64 STACK:0 SHARED:19456 LOCAL:0 ..."
+    m = re.search(rf"Function {re.escape(kernel.kernel_name)}:?\s*\n(.*)", out)
+    assert m, out
+    usage = m.group(1).split()
+    assert "STACK:0" in usage and "LOCAL:0" in usage, f"register spills or stack use:\n{out}"
+
+
+# --- validation ---------------------------------------------------------------------------------------
+
+
+def test_invalid_config_lists_every_reason():
+    cfg = DecodeConfig(warps_per_cta=3, strips_per_warp=5)
+    problems = cfg.problems(arch_traits("sm_90"))
+    assert len(problems) == 2
+    with pytest.raises(InputError) as info:
+        render("decode", "sm_90", cfg)
+    message = str(info.value)
+    assert "warps_per_cta=3 is not" in message and "strips_per_warp=5 is not" in message
+    assert all(p in message for p in problems)
+
+
+@pytest.mark.parametrize("op, arch, match", [
+    ("nope", "sm_90", "unknown op 'nope'"),
+    ("decode", "sm_75", "unknown arch 'sm_75'.*sm_80"),
+    ("decode", "compute_90", "unknown arch"),
+])
+def test_unknown_op_or_arch_is_an_input_error(op, arch, match):
+    with pytest.raises(InputError, match=match):
+        render(op, arch)
+
+
+def test_config_of_another_class_is_rejected():
+    with pytest.raises(InputError, match="DecodeConfig"):
+        render("decode", "sm_90", {"warps_per_cta": 8})
+
+
+def test_undefined_template_variable_raises():
+    """The environment is strict: a variable render() does not pass fails instead of
+    rendering as an empty string."""
+    env = render_module._environment()
+    assert env.undefined is jinja2.StrictUndefined
+    throwaway = {DecodeConfig.template: "{{ header }}\n{{ not_passed }}\n"}
+    with pytest.MonkeyPatch.context() as mp:  # a new loader: jinja caches templates per loader
+        mp.setattr(env, "loader", jinja2.ChoiceLoader([jinja2.DictLoader(throwaway), env.loader]))
+        with pytest.raises(jinja2.UndefinedError, match="not_passed"):
+            render("decode", "sm_90")
+    assert "not_passed" not in render("decode", "sm_90").source
+
+
+# --- zipgen gen ----------------------------------------------------------------------------------------
+
+
+def test_gen_writes_every_default_source(tmp_path, capsys):
+    tmp_path = tmp_path / "out"
+    assert main(["gen", "--out", str(tmp_path)]) == 0
+    written = {p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file()}
+    expected = {Path(arch, _default(op, arch).file_name) for op, arch in DEFAULT_CASES}
+    assert written == expected
+    for op, arch in DEFAULT_CASES:
+        kernel = _default(op, arch)
+        assert (tmp_path / arch / kernel.file_name).read_bytes() == kernel.source.encode()
+    out = capsys.readouterr().out
+    assert all(_default(op, arch).kernel_name in out for op, arch in DEFAULT_CASES)
+    # A second run leaves identical files alone.
+    assert main(["gen", "--out", str(tmp_path)]) == 0
+    assert f"0 of {len(DEFAULT_CASES)} files written" in capsys.readouterr().out
+
+
+def test_gen_cubin_writes_cubins_and_reports_cache_hits(tmp_path, capsys):
+    tmp_path = tmp_path / "out"
+    args = ["gen", "--arch", "sm_90", "--arch", "sm_90", "--out", str(tmp_path), "--cubin"]
+    assert main(args) == 0
+    first = capsys.readouterr().out
+    for op in OPS:
+        kernel = _default(op, "sm_90")
+        cubin = (tmp_path / "sm_90" / (kernel.kernel_name + ".cubin")).read_bytes()
+        assert cubin.startswith(b"\x7fELF") and cubin_sm(cubin) == 90
+        assert (tmp_path / "sm_90" / kernel.file_name).is_file()
+        assert kernel.kernel_name in first
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sm_90"]  # --arch deduplicated
+    assert "compile ms" in first and "cache hit" in first
+    assert main(args) == 0
+    second = capsys.readouterr().out
+    assert re.search(r"\byes\b", second) and not re.search(r"\bno\b", second)
+    if _cuobjdump() is not None:
+        assert "regs" in first and "local B" in first
+
+
+@pytest.mark.parametrize("args, match", [
+    (["--arch", "sm_99"], "unknown arch 'sm_99'; supported: sm_80"),
+    (["--op", "nope"], "unknown op 'nope'"),
+    (["--arch", "sm_90", "--arch", "sm_7", "--op", "decode"], "unknown arch 'sm_7'"),
+])
+def test_gen_unknown_arch_or_op_exits_2_and_writes_nothing(tmp_path, capsys, args, match):
+    out = tmp_path / "out"
+    assert main(["gen", *args, "--out", str(out)]) == 2
+    assert re.search(match, capsys.readouterr().err)
+    assert not out.exists()
