@@ -51,7 +51,60 @@ class DecodeConfig:
         return -(-num_strips // per_cta)
 
 
-OPS = {"decode": DecodeConfig}
+@dataclass(frozen=True)
+class ZipGemmConfig:
+    """The fused GEMM: a CTA computes 16 rows of y for token_tiles * 8 tokens; its warps split
+    K; each warp keeps `depth` strips of loads in flight."""
+
+    warps_per_cta: int = 8
+    token_tiles: int = 1
+    depth: int = 2
+
+    op = "zipgemm"
+    template = "zipgemm.cu.j2"
+
+    def problems(self, arch: ArchTraits) -> list[str]:
+        out = []
+        if self.warps_per_cta not in (1, 2, 4, 8, 16):
+            out.append(f"warps_per_cta={self.warps_per_cta} is not 1, 2, 4, 8 or 16")
+        if self.token_tiles not in (1, 2, 4, 8):
+            out.append(f"token_tiles={self.token_tiles} is not 1, 2, 4 or 8")
+        if self.depth not in (1, 2, 3, 4):
+            out.append(f"depth={self.depth} is not 1, 2, 3 or 4")
+        if not out and self.smem_bytes > arch.max_smem_static:
+            out.append(f"{self.smem_bytes} B of shared memory exceed {arch.name}'s "
+                       f"{arch.max_smem_static} B")
+        return out
+
+    @property
+    def tokens(self) -> int:
+        return 8 * self.token_tiles
+
+    @property
+    def threads(self) -> int:
+        return 32 * self.warps_per_cta
+
+    @property
+    def smem_bytes(self) -> int:
+        tiles = self.warps_per_cta * (16 * 36 + 32) * 4  # staging tile + fallback stash per warp
+        partials = self.warps_per_cta * 16 * self.tokens * 4  # FP32 partial sums (reuses tiles)
+        return max(tiles, partials)
+
+    def kernel_name(self, arch: ArchTraits) -> str:
+        return (f"zipgemm_{arch.short}_r16_t{self.tokens}_w{self.warps_per_cta}"
+                f"_d{self.depth}")
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def describe(self) -> str:
+        return " ".join(f"{f.name}={getattr(self, f.name)}" for f in fields(self))
+
+    def grid(self, n: int, m: int) -> tuple[int, int]:
+        return (-(-n // 16), -(-m // self.tokens))
+
+
+OPS = {"decode": DecodeConfig, "zipgemm": ZipGemmConfig}
 
 
 def default_config(op: str, arch: ArchTraits):

@@ -7,11 +7,6 @@
 
 namespace zipgen {
 
-// Row pitch of the staging tile in 32-bit words: with 36 (not 32), the pair stores of a warp
-// (word 36 * row + 8t + 4(f >> 1) + q, row = g + ...) fall into 32 different banks.
-constexpr int kStagePitch = 36;
-constexpr int kStageWords = kStripRows * kStagePitch;
-
 // The right edge of a matrix whose K is not a multiple of 8: up to 8 values, one at a time.
 // Out of line: it is rare, and unrolled into every chunk it would bloat the kernel.
 __device__ __noinline__ void store_ragged(unsigned short* dst, uint4 v, int count) {
@@ -51,10 +46,11 @@ __device__ __forceinline__ void decode_strips(
     const unsigned fallbacks = fallback_mask(data[j]);
     int rank = fallback_start[j] + lanes_below(__popc(fallbacks), lane);
 
+    const ShiftedPlanes sp = shifted_planes(data[j]);
 #pragma unroll
     for (int r = 0; r < 16; ++r)
       tile[element_row(lane, r) * kStagePitch + element_col(lane, r, 0) / 2] =
-          decode_pair(data[j], r, base_pair);
+          decode_pair(data[j], sp, r, base_pair);
 
     // Fallbacks: each lane patches its own elements, whose exponents follow in bit order.
     unsigned short* tile16 = reinterpret_cast<unsigned short*>(tile);

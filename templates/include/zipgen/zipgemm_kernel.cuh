@@ -1,0 +1,162 @@
+// ZipGEMM: y[M, N] = x[M, K] @ W[N, K]^T (+ bias) with W in TCA-TBE, decoded on the fly.
+//
+// One CTA computes 16 output rows (one strip row of W) for kTokenTiles * 8 tokens. Its kWarps
+// warps split K: warp w takes the strips w, w + kWarps, ... of the row. Per strip a warp
+//   1. has the strip's compressed words in registers already (a kDepth-deep ring of loads),
+//   2. decodes two weights per 32-bit operation into its shared-memory tile,
+//   3. patches the strip's few fallback weights (exponents prefetched into a 128-byte stash),
+//   4. reads the tile back as mma A fragments (ldmatrix) and multiplies them with every token
+//      tile: the strip is decoded once, whatever the number of tokens.
+// The warps' FP32 partial sums are added in a fixed order at the end (deterministic), so the
+// result is the same on every run.
+#pragma once
+#include <zipgen/mma.cuh>
+#include <zipgen/tcatbe.cuh>
+
+namespace zipgen {
+
+constexpr int kStashWords = 32;  // 128 bytes of fallback exponents per warp and strip
+
+struct GemmArgs {
+  const uint4* sign_mantissa;
+  const unsigned* planes;
+  const unsigned char* fallback_exponents;
+  const int* fallback_offsets;
+  const unsigned short* x;     // [M, K] BF16 bits, row-major
+  const unsigned short* bias;  // [N] BF16 bits or nullptr
+  unsigned short* y;           // [M, N] BF16 bits, row-major
+  int m, n, k;
+  int strips_per_row_group;
+  int fallback_bytes;  // size of the (padded) fallback stream
+  int base;
+};
+
+// The 4 bytes of the fallback stream this lane stashes for a strip whose fallbacks start at
+// `offset`: lane l covers bytes (offset & ~3) + 4l .. + 3.
+__device__ __forceinline__ unsigned load_stash_word(const GemmArgs& a, int offset, int lane) {
+  const int at = (offset & ~3) + 4 * lane;
+  return at + 4 <= a.fallback_bytes
+             ? __ldg(reinterpret_cast<const unsigned*>(a.fallback_exponents + at)) : 0u;
+}
+
+template <int kWarps, int kTokenTiles, int kDepth>
+__device__ __forceinline__ void zipgemm_row_group(const GemmArgs& a, unsigned char* smem) {
+  constexpr int kTokens = kTokenTiles * 8;
+  const int lane = threadIdx.x & 31;
+  const int warp = threadIdx.x >> 5;
+  const int g = lane >> 2, q = lane & 3;
+  const int row0 = blockIdx.x * kStripRows;
+  const int tok0 = blockIdx.y * kTokens;
+  unsigned* tile = reinterpret_cast<unsigned*>(smem) + warp * (kStageWords + kStashWords);
+  unsigned* stash = tile + kStageWords;
+  const long long strip0 = static_cast<long long>(blockIdx.x) * a.strips_per_row_group;
+  const int count = warp < a.strips_per_row_group
+                        ? (a.strips_per_row_group - 1 - warp) / kWarps + 1 : 0;
+  const unsigned base_pair = base_pair_of(a.base);
+
+  float acc[kTokenTiles][4];
+#pragma unroll
+  for (int t = 0; t < kTokenTiles; ++t) acc[t][0] = acc[t][1] = acc[t][2] = acc[t][3] = 0.f;
+
+  LaneStrip ring[kDepth];
+  int ring_offset[kDepth];
+#pragma unroll
+  for (int d = 0; d < kDepth; ++d) {
+    if (d < count) {
+      const long long s = strip0 + warp + d * kWarps;
+      ring[d] = load_lane_strip(a.sign_mantissa, a.planes, s, lane);
+      ring_offset[d] = __ldg(a.fallback_offsets + s);
+    }
+  }
+  unsigned stash_word = count > 0 ? load_stash_word(a, ring_offset[0], lane) : 0u;
+
+  for (int j0 = 0; j0 < count; j0 += kDepth) {
+#pragma unroll
+    for (int d = 0; d < kDepth; ++d) {
+      const int j = j0 + d;
+      if (j >= count) break;  // warp-uniform
+      const int col0 = (warp + j * kWarps) * kStripCols;
+      const LaneStrip cur = ring[d];
+      const int offset = ring_offset[d];
+      const unsigned cur_stash = stash_word;
+      if (j + kDepth < count) {  // refill the slot with the strip kDepth ahead
+        const long long s = strip0 + warp + (j + kDepth) * kWarps;
+        ring[d] = load_lane_strip(a.sign_mantissa, a.planes, s, lane);
+        ring_offset[d] = __ldg(a.fallback_offsets + s);
+      }
+      if (j + 1 < count)  // next strip's stash: its offset arrived at least one strip ago
+        stash_word = load_stash_word(a, ring_offset[(d + 1) % kDepth], lane);
+
+      // 2. decode into the tile
+      const ShiftedPlanes sp = shifted_planes(cur);
+#pragma unroll
+      for (int r = 0; r < 16; ++r)
+        tile[element_row(lane, r) * kStagePitch + element_col(lane, r, 0) / 2] =
+            decode_pair(cur, sp, r, base_pair);
+
+      // 3. fallbacks: each lane patches its own, in plane-bit order
+      const unsigned fallbacks = fallback_mask(cur);
+      int rank = offset + lanes_below(__popc(fallbacks), lane);
+      stash[lane] = cur_stash;
+      __syncwarp();
+      const int stash_begin = offset & ~3;
+      unsigned short* tile16 = reinterpret_cast<unsigned short*>(tile);
+      const unsigned char* stash8 = reinterpret_cast<const unsigned char*>(stash);
+      for (unsigned m = fallbacks; m; m &= m - 1, ++rank) {
+        const int b = __ffs(m) - 1;
+        const int i = rank - stash_begin;
+        const unsigned e = i < 4 * kStashWords ? stash8[i] : __ldg(a.fallback_exponents + rank);
+        unsigned short* slot = tile16 + element_row(lane, b & 15) * 2 * kStagePitch
+                             + element_col(lane, b & 15, b >> 4);
+        *slot = static_cast<unsigned short>((*slot & 0x807Fu) | (e << 7));
+      }
+      __syncwarp();
+
+      // 4. tensor cores: the strip's 4 tiles of 16x16 against every token tile
+#pragma unroll
+      for (int t = 0; t < 4; ++t) {
+        unsigned af[4];
+        const int mtx = lane >> 3;
+        ldmatrix_x4(af, tile + ((mtx & 1) * 8 + (lane & 7)) * kStagePitch + t * 8 + (mtx >> 1) * 4);
+        const int kk = col0 + 16 * t + 2 * q;
+#pragma unroll
+        for (int nt = 0; nt < kTokenTiles; ++nt) {
+          const int tok = tok0 + nt * 8 + g;
+          unsigned b0 = 0, b1 = 0;
+          if (tok < a.m && kk < a.k) {
+            const unsigned* xr = reinterpret_cast<const unsigned*>(a.x + static_cast<long long>(tok) * a.k + kk);
+            b0 = __ldg(xr);
+            if (kk + 8 < a.k) b1 = __ldg(xr + 4);
+          }
+          mma_bf16_16816(acc[nt], af, b0, b1);
+        }
+      }
+      __syncwarp();  // the next strip rewrites the tile
+    }
+  }
+
+  // Sum the warps' partials in warp order and write BF16 rows of y.
+  __syncthreads();
+  float* partial = reinterpret_cast<float*>(smem);  // [kWarps][16 rows][kTokens]
+#pragma unroll
+  for (int nt = 0; nt < kTokenTiles; ++nt) {
+    float* p = partial + (warp * kStripRows + g) * kTokens + nt * 8 + 2 * q;
+    p[0] = acc[nt][0];
+    p[1] = acc[nt][1];
+    p[8 * kTokens] = acc[nt][2];
+    p[8 * kTokens + 1] = acc[nt][3];
+  }
+  __syncthreads();
+  for (int i = threadIdx.x; i < kStripRows * kTokens; i += kWarps * 32) {
+    const int r = i % kStripRows, t = i / kStripRows;  // consecutive threads: consecutive rows
+    const int row = row0 + r, tok = tok0 + t;
+    if (row >= a.n || tok >= a.m) continue;
+    float sum = 0.f;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) sum += partial[(w * kStripRows + r) * kTokens + t];
+    if (a.bias) sum += bf16_bits_to_float(a.bias[row]);
+    a.y[static_cast<long long>(tok) * a.n + row] = float_to_bf16_bits(sum);
+  }
+}
+
+}  // namespace zipgen

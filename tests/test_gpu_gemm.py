@@ -1,0 +1,189 @@
+"""zipgen.runtime.gemm against an FP32 reference computed from the exact weights (GPU only)."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import zipgen
+from zipgen.codegen import ZipGemmConfig
+from zipgen.runtime import gemm
+
+from conftest import bits_of, from_bits, requires_gpu
+
+pytestmark = [pytest.mark.gpu, requires_gpu]
+
+M_SWEEP = [1, 2, 3, 8, 16, 17, 32, 64, 118, 128, 256, 1024, 4096]
+LLAMA_8B = [(6144, 4096), (4096, 4096), (28672, 4096), (4096, 14336)]
+LLAMA_70B = [(10240, 8192), (8192, 8192), (57344, 8192), (8192, 28672)]
+
+
+def make(n, k, sigma=0.02, seed=0):
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    w = (torch.randn(n, k, device="cuda", generator=g) * sigma).to(torch.bfloat16)
+    return w, zipgen.compress(w)
+
+
+def activations(m, k, seed=1):
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    return torch.randn(m, k, device="cuda", generator=g).to(torch.bfloat16)
+
+
+def reference(x, w, bias=None):
+    y = x.float() @ w.float().t()
+    return y + bias.float() if bias is not None else y
+
+
+def assert_close(y, ref):
+    """BF16 output of an FP32-accumulated product: one BF16 rounding (2^-8 relative) plus
+    accumulation-order noise, measured against the output's scale."""
+    assert y.dtype == torch.bfloat16 and y.shape == ref.shape
+    assert torch.isfinite(y).all(), "non-finite output (unwritten or wrong element)"
+    err = (y.float() - ref).abs()
+    scale = ref.abs().amax().clamp_min(1e-30)
+    tol = ref.abs() * 2**-7 + scale * 2e-4
+    bad = err > tol
+    assert not bad.any(), (f"{int(bad.sum())} of {y.numel()} outside tolerance; worst "
+                           f"{float((err - tol).max()):.3g} over (scale {float(scale):.3g})")
+    rel = float((y.float() - ref).norm() / ref.norm().clamp_min(1e-30))
+    assert rel < 5e-3, rel
+
+
+def poisoned(m, n):
+    return torch.full((m, n), float("nan"), device="cuda", dtype=torch.bfloat16)
+
+
+@pytest.mark.parametrize("m", M_SWEEP)
+@pytest.mark.parametrize("fused", [None, True, False])
+def test_m_sweep(m, fused):
+    if fused and m > 256:
+        pytest.skip("the fused kernel re-decodes W per 64 tokens; not meant for M > 256")
+    w, ct = make(1000, 2048, seed=m)
+    x = activations(m, 2048, seed=m + 1)
+    y = gemm(x, ct, out=poisoned(m, 1000), fused=fused)
+    assert_close(y, reference(x, w))
+
+
+@pytest.mark.parametrize("n,k", LLAMA_8B + LLAMA_70B)
+@pytest.mark.parametrize("m", [1, 16, 64])
+def test_llama_shapes(n, k, m):
+    w, ct = make(n, k, sigma=0.015, seed=n + k)
+    x = activations(m, k)
+    assert_close(gemm(x, ct, out=poisoned(m, n)), reference(x, w))
+
+
+@pytest.mark.parametrize("n,k", [(1, 8), (17, 264), (1000, 1000), (4097, 136), (33, 4104)])
+@pytest.mark.parametrize("m", [1, 5, 40])
+def test_shapes_not_multiples_of_64(n, k, m):
+    w, ct = make(n, k, seed=n * k)
+    x = activations(m, k)
+    assert_close(gemm(x, ct, fused=True), reference(x, w))
+
+
+@pytest.mark.parametrize("n,k", [(100, 100), (65, 7), (3, 1)])
+def test_k_not_multiple_of_8_uses_decode_path(n, k):
+    w, ct = make(n, k)
+    x = activations(9, k)
+    assert_close(gemm(x, ct), reference(x, w))
+    with pytest.raises(zipgen.InputError, match="K % 8"):
+        gemm(x, ct, fused=True)
+
+
+@pytest.mark.parametrize("cfg", [ZipGemmConfig(w, t, d) for w in (1, 4, 8, 16)
+                                 for t in (1, 2, 4, 8) for d in (1, 2, 3, 4)
+                                 if ZipGemmConfig(w, t, d).smem_bytes <= 48 * 1024])
+def test_every_config(cfg):
+    w, ct = make(300, 1600, seed=7)
+    x = activations(cfg.tokens + 3, 1600)  # a partial second token tile
+    assert_close(gemm(x, ct, config=cfg, fused=True), reference(x, w))
+
+
+def test_bias_and_leading_dims():
+    w, ct = make(512, 1024)
+    bias = (torch.randn(512, device="cuda") * 0.1).to(torch.bfloat16)
+    x = activations(6, 1024).view(2, 3, 1024)
+    for fused in (True, False):
+        y = gemm(x, ct, bias, fused=fused)
+        assert y.shape == (2, 3, 512)
+        assert_close(y.view(6, 512), reference(x.view(6, 1024), w, bias))
+
+
+def test_decode_path_equals_f_linear_exactly():
+    w, ct = make(768, 1024)
+    bias = (torch.randn(768, device="cuda") * 0.1).to(torch.bfloat16)
+    for m in (1, 100, 300):
+        x = activations(m, 1024, seed=m)
+        assert torch.equal(bits_of(gemm(x, ct, bias, fused=False)), bits_of(F.linear(x, w, bias)))
+
+
+def test_fallback_heavy_weights():
+    """A quarter of the weights outside the window: many fallbacks per lane and strip, beyond
+    the 128-byte stash too."""
+    w, _ = make(256, 2048)
+    flat = bits_of(w).view(-1).clone()
+    idx = torch.randperm(flat.numel(), device="cuda")[: flat.numel() // 4]
+    exps = torch.randint(90, 140, (idx.numel(),), device="cuda", dtype=torch.int32)
+    flat[idx] = ((flat[idx].to(torch.int32) & 0x807F) | (exps << 7)).to(torch.int16)
+    w = from_bits(flat.view(256, 2048))
+    ct = zipgen.compress(w)
+    assert ct.coverage < 0.8
+    for m in (1, 16, 33):
+        x = activations(m, 2048)
+        assert_close(gemm(x, ct, fused=True), reference(x, w))
+
+
+@pytest.mark.parametrize("lo,hi", [(0, 6), (240, 254)])
+def test_windows_at_the_ends(lo, hi):
+    shape = (128, 512)
+    g = torch.Generator(device="cuda").manual_seed(lo)
+    exp = torch.randint(lo, hi + 1, shape, device="cuda", dtype=torch.int32, generator=g)
+    rest = torch.randint(0, 256, shape, device="cuda", dtype=torch.int32, generator=g)
+    w = from_bits(((rest & 0x80) << 8) | (exp << 7) | (rest & 0x7F))
+    ct = zipgen.compress(w)
+    scale = 2.0 ** (-100 if lo > 127 else 100)  # keep x @ W^T finite
+    x = (activations(8, 512) * scale).to(torch.bfloat16)
+    y = gemm(x, ct, fused=True)
+    ref = reference(x, w)
+    assert torch.isfinite(ref).all()
+    assert_close(y, ref)
+
+
+def test_deterministic():
+    w, ct = make(4096, 4096)
+    x = activations(16, 4096)
+    first = gemm(x, ct, fused=True)
+    for _ in range(3):
+        assert torch.equal(bits_of(gemm(x, ct, fused=True)), bits_of(first))
+
+
+def test_cuda_graph_capture():
+    w, ct = make(2048, 2048)
+    x = activations(8, 2048)
+    out = torch.empty(8, 2048, device="cuda", dtype=torch.bfloat16)
+    for fused in (True, False):
+        gemm(x, ct, out=out, fused=fused)  # build, load and allocate outside the capture
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            gemm(x, ct, out=out, fused=fused)
+        out.fill_(float("nan"))
+        x.copy_(activations(8, 2048, seed=5))
+        graph.replay()
+        torch.cuda.synchronize()
+        assert_close(out, reference(x, w))
+
+
+def test_bad_arguments():
+    w, ct = make(64, 64)
+    x = activations(4, 64)
+    cases = [
+        (dict(x=x.float()), "bfloat16"),
+        (dict(x=activations(4, 65)), "last dimension"),
+        (dict(x=x.cpu()), "same CUDA device"),
+        (dict(bias=torch.zeros(63, device="cuda", dtype=torch.bfloat16)), "bias"),
+        (dict(out=torch.empty(4, 63, device="cuda", dtype=torch.bfloat16)), "out must be"),
+        (dict(w=w), "CompressedTensor"),
+    ]
+    for kwargs, match in cases:
+        args = dict(x=x, w=ct) | kwargs
+        with pytest.raises(zipgen.InputError, match=match):
+            gemm(**args)

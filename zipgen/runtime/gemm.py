@@ -1,0 +1,104 @@
+"""zipgen.runtime.gemm: y = x @ W^T (+ bias) with W a TCA-TBE CompressedTensor, like F.linear.
+
+Small M runs the fused ZipGEMM kernel (decode in registers/shared memory, tensor cores); large M
+decodes W once into a reusable scratch buffer with the GPU decoder and calls cuBLAS. Nothing on
+the hot path synchronises with the host, so calls can be captured in CUDA graphs.
+"""
+from __future__ import annotations
+
+import threading
+
+import torch
+
+from ..codegen import ZipGemmConfig
+from ..errors import InputError
+from ..format import CompressedTensor
+from ..format.layout import padded_shape
+from .decode import decompress_cuda
+from .kernels import get_kernel, launch
+
+# Largest M for which the fused kernel is used. Measured on H100/H200 (BENCHMARKS.md); the
+# tuner refines it per shape.
+FUSED_MAX_M = 64
+
+_scratch_lock = threading.Lock()
+_scratch: dict[tuple, torch.Tensor] = {}
+
+
+def _scratch_for(device: torch.device, n: int, k: int) -> torch.Tensor:
+    """A BF16 [N, K] buffer reused by every decode+cuBLAS call of that shape on that device
+    (per stream ordering makes reuse safe; a side stream must not share it concurrently)."""
+    key = (device, n, k)
+    with _scratch_lock:
+        buf = _scratch.get(key)
+        if buf is None:
+            buf = _scratch[key] = torch.empty((n, k), dtype=torch.bfloat16, device=device)
+    return buf
+
+
+def fused_config(m: int) -> ZipGemmConfig:
+    """The default fused-kernel configuration for M tokens (the tuner's database overrides it)."""
+    tiles = 1 if m <= 8 else 2 if m <= 16 else 4 if m <= 32 else 8
+    return ZipGemmConfig(warps_per_cta=8 if tiles <= 2 else 4, token_tiles=tiles, depth=2)
+
+
+def _check(x: torch.Tensor, w: CompressedTensor, bias, out):
+    if not isinstance(w, CompressedTensor):
+        raise InputError(f"w must be a zipgen.CompressedTensor, got {type(w).__name__}")
+    if not isinstance(x, torch.Tensor) or x.dtype != torch.bfloat16:
+        raise InputError(f"x must be a torch.bfloat16 tensor, got "
+                         f"{getattr(x, 'dtype', type(x).__name__)}")
+    n, k = w.shape
+    if x.dim() < 1 or x.shape[-1] != k:
+        raise InputError(f"x has shape {tuple(x.shape)}; its last dimension must be K = {k}")
+    if x.device.type != "cuda" or x.device != w.device:
+        raise InputError(f"x is on {x.device} and w on {w.device}; both must be on the same "
+                         f"CUDA device (move w with w.to(device))")
+    if bias is not None and (bias.dtype != torch.bfloat16 or tuple(bias.shape) != (n,)
+                             or bias.device != x.device):
+        raise InputError(f"bias must be a BF16 tensor of shape ({n},) on {x.device}, got "
+                         f"{bias.dtype} {tuple(bias.shape)} on {bias.device}")
+    expected = tuple(x.shape[:-1]) + (n,)
+    if out is not None and (out.dtype != torch.bfloat16 or tuple(out.shape) != expected
+                            or out.device != x.device or not out.is_contiguous()):
+        raise InputError(f"out must be a contiguous BF16 tensor of shape {expected} on "
+                         f"{x.device}, got {out.dtype} {tuple(out.shape)} on {out.device}")
+
+
+def gemm(x: torch.Tensor, w: CompressedTensor, bias: torch.Tensor | None = None,
+         out: torch.Tensor | None = None, *, config: ZipGemmConfig | None = None,
+         fused: bool | None = None) -> torch.Tensor:
+    """y = x @ W^T (+ bias), W decoded on the fly. x: BF16 [..., K] on W's device; returns BF16
+    [..., N]. `fused` forces (True) or forbids (False) the fused kernel; `config` picks its
+    tile configuration."""
+    _check(x, w, bias, out)
+    n, k = w.shape
+    x2 = x.reshape(-1, k)
+    if not x2.is_contiguous() or x2.data_ptr() % 16:
+        x2 = x2.contiguous()
+    m = x2.shape[0]
+    y = out if out is not None else torch.empty(tuple(x.shape[:-1]) + (n,), dtype=torch.bfloat16,
+                                                device=x.device)
+    if m == 0:
+        return y
+    y2 = y.view(m, n)
+    can_fuse = k % 8 == 0  # 4-byte activation loads stay aligned
+    use_fused = (m <= FUSED_MAX_M if fused is None else fused) and can_fuse
+    if fused and not can_fuse:
+        raise InputError(f"the fused kernel needs K % 8 == 0 (K = {k}); use fused=None")
+    if use_fused:
+        cfg = config or fused_config(m)
+        kernel = get_kernel("zipgemm", cfg, x.device)
+        launch(kernel, grid=cfg.grid(n, m), block=(cfg.threads,),
+               args=(w.sign_mantissa, w.planes, w.fallback_exponents, w.fallback_offsets, x2,
+                     bias if bias is not None else 0, y2, m, n, k, padded_shape(n, k)[1] // 64,
+                     w.fallback_exponents.numel(), w.base),
+               device=x.device)
+    else:
+        weight = decompress_cuda(w, out=_scratch_for(x.device, n, k))
+        # the calls F.linear makes, so that this path equals F.linear on the original weights
+        if bias is not None:
+            torch.addmm(bias, x2, weight.t(), out=y2)
+        else:
+            torch.mm(x2, weight.t(), out=y2)
+    return y
