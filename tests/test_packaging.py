@@ -47,11 +47,6 @@ def test_templates_ship_as_zipgen_templates(setuptools_cfg):
                            f"\"zipgen.templates\" glob ({globs}); the wheel would lack them")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "templates/ has no __init__.py, so zipgen.templates is a namespace package: "
-    "importlib.resources.files() gives a MultiplexedPath whose str() is not a path (installed "
-    "wheel), and the editable finder does not import it at all. Add templates/__init__.py "
-    "(then drop this marker)."))
 def test_templates_are_found_outside_a_source_checkout(monkeypatch, tmp_path):
     """As in an installed wheel: no templates/ next to the package, so render.template_dir()
     falls back to the zipgen.templates package."""

@@ -1,0 +1,1 @@
+"""Jinja templates and CUDA headers of zipgen's kernels, installed as zipgen.templates."""
