@@ -8,7 +8,7 @@ OUT=${OUT:-/tmp/zipgen-out}; mkdir -p "$OUT"
 export PYTHONPATH=$PWD ZIPGEN_CACHE_DIR=${ZIPGEN_CACHE_DIR:-/tmp/zipgen-cache}
 export ZIPGEN_MINILM_BF16=$PWD/.gpu_carry/minilm_bf16.safetensors
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv | tee "$OUT/gpu.txt"
-python -m pytest -m gpu -q -p no:cacheprovider ${@:-tests/test_gpu_*.py} 2>&1 | tee "$OUT/gpu_tests.txt" | tail -25
+python -m pytest -m gpu -q -p no:cacheprovider --maxfail=10 ${@:-tests/test_gpu_*.py} 2>&1 | tee "$OUT/gpu_tests.txt" | tail -25
 for b in ${ZIPGEN_BENCHMARKS:-decode gemm}; do
   python benchmarks/$b.py --json "$OUT/$b.json" 2>&1 | tee "$OUT/$b.md"
 done

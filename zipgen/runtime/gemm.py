@@ -91,7 +91,7 @@ def gemm(x: torch.Tensor, w: CompressedTensor, bias: torch.Tensor | None = None,
         kernel = get_kernel("zipgemm", cfg, x.device)
         launch(kernel, grid=cfg.grid(n, m), block=(cfg.threads,),
                args=(w.sign_mantissa, w.planes, w.fallback_exponents, w.fallback_offsets, x2,
-                     bias if bias is not None else 0, y2, m, n, k, padded_shape(n, k)[1] // 64,
+                     bias, y2, m, n, k, padded_shape(n, k)[1] // 64,
                      w.fallback_exponents.numel(), w.base),
                device=x.device)
     else:

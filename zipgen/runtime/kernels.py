@@ -68,24 +68,29 @@ def _stream_of(torch_stream: torch.cuda.Stream):
     return wrapped
 
 
+def _kernel_argument(a):
+    """Tensors and None become pointers (cuda.core passes a Python int as a pointer), Python
+    ints int32 and floats float32 (never doubles: the kernels take 32-bit scalars); numpy
+    scalars pass as they are."""
+    if isinstance(a, torch.Tensor):
+        return a.data_ptr()
+    if a is None:
+        return 0
+    if isinstance(a, np.generic):
+        return a
+    if isinstance(a, (bool, int)):
+        return np.int32(a)
+    if isinstance(a, float):
+        return np.float32(a)
+    raise TypeError(f"cannot pass {type(a).__name__} to a kernel")
+
+
 def launch(kernel, grid, block, args, *, device: torch.device, shared_bytes: int = 0) -> None:
-    """Launch on the current torch stream of `device`. Tensors pass as pointers, Python ints
-    as int32 and floats as float32 (never as doubles: the kernels take 32-bit scalars)."""
+    """Launch on the current torch stream of `device`; see _kernel_argument for the types."""
     cc = _cuda_core()
     index = device.index if device.index is not None else torch.cuda.current_device()
     _make_current(index)
-    converted = []
-    for a in args:
-        if isinstance(a, torch.Tensor):
-            converted.append(a.data_ptr())
-        elif isinstance(a, bool):
-            converted.append(np.int32(a))
-        elif isinstance(a, int):
-            converted.append(np.int32(a))
-        elif isinstance(a, float):
-            converted.append(np.float32(a))
-        else:
-            converted.append(a)
+    converted = [_kernel_argument(a) for a in args]
     config = cc.LaunchConfig(grid=grid, block=block, shmem_size=shared_bytes)
     stream = _stream_of(torch.cuda.current_stream(index))
     try:

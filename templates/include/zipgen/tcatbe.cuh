@@ -65,10 +65,11 @@ __device__ __forceinline__ unsigned and_shift_add(unsigned x, unsigned mask, int
   return r;
 }
 
-// (a & m) | (b & ~m) in one LOP3.
+// (a & m) | (b & ~m) in one LOP3: the truth table of "m ? a : b" over the operand patterns
+// m = 0xF0, a = 0xCC, b = 0xAA is 0xCA.
 __device__ __forceinline__ unsigned select_bits(unsigned m, unsigned a, unsigned b) {
   unsigned r;
-  asm("lop3.b32 %0, %1, %2, %3, 0xE4;" : "=r"(r) : "r"(m), "r"(a), "r"(b));
+  asm("lop3.b32 %0, %1, %2, %3, 0xCA;" : "=r"(r) : "r"(m), "r"(a), "r"(b));
   return r;
 }
 
