@@ -87,13 +87,29 @@ __device__ __forceinline__ void zipgemm_row_group(const GemmArgs& a, unsigned ch
       if (j + 1 < count)  // next strip's stash: its offset arrived at least one strip ago
         stash_word = load_stash_word(a, ring_offset[(d + 1) % kDepth], lane);
 
-      // 2. decode into the tile
-      const ShiftedPlanes sp = shifted_planes(cur);
+      // Activation fragments of this strip (mma B operands), issued now so that they arrive
+      // while the strip decodes. Tokens past M read row M - 1 (their sums are never stored);
+      // columns past K (only in a ragged last strip) read zeros.
+      unsigned bf[kTokenTiles][4][2];
+      const bool full_strip = col0 + kStripCols <= a.k;  // warp-uniform
 #pragma unroll
-      for (int r = 0; r < 16; ++r)
-        tile[element_row(lane, r) * kStagePitch + element_col(lane, r, 0) / 2] =
-            decode_pair(cur, sp, r, base_pair);
+      for (int nt = 0; nt < kTokenTiles; ++nt) {
+        const int tok = min(tok0 + nt * 8 + g, a.m - 1);
+        const unsigned* xr = reinterpret_cast<const unsigned*>(a.x + static_cast<long long>(tok) * a.k + col0 + 2 * q);
+#pragma unroll
+        for (int t = 0; t < 4; ++t) {
+          if (full_strip) {
+            bf[nt][t][0] = __ldg(xr + 8 * t);
+            bf[nt][t][1] = __ldg(xr + 8 * t + 4);
+          } else {
+            const int kk = col0 + 16 * t + 2 * q;
+            bf[nt][t][0] = kk < a.k ? __ldg(xr + 8 * t) : 0u;
+            bf[nt][t][1] = kk + 8 < a.k ? __ldg(xr + 8 * t + 4) : 0u;
+          }
+        }
+      }
 
+      // 2. decode into the tile
       // 3. fallbacks: each lane patches its own, in plane-bit order
       const unsigned fallbacks = fallback_mask(cur);
       int rank = offset + lanes_below(__popc(fallbacks), lane);
@@ -113,23 +129,14 @@ __device__ __forceinline__ void zipgemm_row_group(const GemmArgs& a, unsigned ch
       __syncwarp();
 
       // 4. tensor cores: the strip's 4 tiles of 16x16 against every token tile
+      const int mtx = lane >> 3;
+      const unsigned* row_ptr = tile + ((mtx & 1) * 8 + (lane & 7)) * kStagePitch + (mtx >> 1) * 4;
 #pragma unroll
       for (int t = 0; t < 4; ++t) {
         unsigned af[4];
-        const int mtx = lane >> 3;
-        ldmatrix_x4(af, tile + ((mtx & 1) * 8 + (lane & 7)) * kStagePitch + t * 8 + (mtx >> 1) * 4);
-        const int kk = col0 + 16 * t + 2 * q;
+        ldmatrix_x4(af, row_ptr + t * 8);
 #pragma unroll
-        for (int nt = 0; nt < kTokenTiles; ++nt) {
-          const int tok = tok0 + nt * 8 + g;
-          unsigned b0 = 0, b1 = 0;
-          if (tok < a.m && kk < a.k) {
-            const unsigned* xr = reinterpret_cast<const unsigned*>(a.x + static_cast<long long>(tok) * a.k + kk);
-            b0 = __ldg(xr);
-            if (kk + 8 < a.k) b1 = __ldg(xr + 4);
-          }
-          mma_bf16_16816(acc[nt], af, b0, b1);
-        }
+        for (int nt = 0; nt < kTokenTiles; ++nt) mma_bf16_16816(acc[nt], af, bf[nt][t][0], bf[nt][t][1]);
       }
       __syncwarp();  // the next strip rewrites the tile
     }

@@ -1,0 +1,72 @@
+"""Time every valid fused-kernel configuration on a few layers (a manual tuning run).
+
+    python benchmarks/gemm_sweep.py [--layers "8B o,8B gate_up"] [--ms 1,16]
+
+Same method as benchmarks/gemm.py (CUDA graphs, weights rotated past L2, medians, cuBLAS from
+the same run); prints the configurations fastest first per (layer, M).
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+
+import torch
+import torch.nn.functional as F
+
+from zipgen.codegen import ARCHES, ZipGemmConfig
+from zipgen.runtime import device_arch, gemm
+
+from _timing import graph_time_us, header, warm_up_gpu
+from gemm import LAYERS, rotated_layer
+
+
+def token_tiles_for(m: int) -> list[int]:
+    return [t for t in (1, 2, 4, 8) if 8 * t >= m][:2] or [8]
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--layers", default="8B o,8B gate_up,8B down")
+    ap.add_argument("--ms", default="1,16")
+    ap.add_argument("--json")
+    args = ap.parse_args()
+    print(header("fused ZipGEMM configuration sweep (benchmarks/gemm_sweep.py)"))
+    traits = ARCHES[device_arch(torch.device("cuda"))]
+    table = {name: (n, k) for model in LAYERS.values() for name, n, k in model}
+    warm_up_gpu()
+    results = []
+    for name in args.layers.split(","):
+        n, k = table[name]
+        ws, cts = rotated_layer(n, k, seed=3)
+        for m in map(int, args.ms.split(",")):
+            xs = [torch.randn(m, k, device="cuda").to(torch.bfloat16) for _ in ws]
+            t_cublas = graph_time_us([lambda x=x, w=w: F.linear(x, w) for x, w in zip(xs, ws)])
+            rows = []
+            for warps, tiles, depth in itertools.product((2, 4, 8, 16), token_tiles_for(m), (1, 2, 3, 4)):
+                cfg = ZipGemmConfig(warps, tiles, depth)
+                if cfg.problems(traits):
+                    continue
+                y = gemm(xs[0], cts[0], config=cfg, fused=True).float()
+                ref = xs[0].float() @ ws[0].float().t()
+                assert float((y - ref).norm() / ref.norm()) < 5e-3, cfg
+                t = graph_time_us([lambda x=x, c=c: gemm(x, c, config=cfg, fused=True)
+                                   for x, c in zip(xs, cts)])
+                rows.append((t, cfg))
+                results.append(dict(layer=name, m=m, config=cfg.as_dict(), us=t, cublas_us=t_cublas))
+            rows.sort(key=lambda r: r[0])
+            print(f"\\n## {name} ({n}x{k}), M = {m}: cuBLAS {t_cublas:.1f} µs")
+            print("| config | µs | speedup |\\n|---|---|---|")
+            for t, cfg in rows[:8]:
+                print(f"| {cfg.describe()} | {t:.1f} | {t_cublas / t:.2f}x |")
+            print(f"| (slowest) {rows[-1][1].describe()} | {rows[-1][0]:.1f} | "
+                  f"{t_cublas / rows[-1][0]:.2f}x |", flush=True)
+        del ws, cts
+        torch.cuda.empty_cache()
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
