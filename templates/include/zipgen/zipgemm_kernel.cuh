@@ -110,6 +110,12 @@ __device__ __forceinline__ void zipgemm_row_group(const GemmArgs& a, unsigned ch
       }
 
       // 2. decode into the tile
+      const ShiftedPlanes sp = shifted_planes(cur);
+#pragma unroll
+      for (int r = 0; r < 16; ++r)
+        tile[element_row(lane, r) * kStagePitch + element_col(lane, r, 0) / 2] =
+            decode_pair(cur, sp, r, base_pair);
+
       // 3. fallbacks: each lane patches its own, in plane-bit order
       const unsigned fallbacks = fallback_mask(cur);
       int rank = offset + lanes_below(__popc(fallbacks), lane);
