@@ -1,0 +1,18 @@
+"""One fused ZipGEMM launch per configuration, for Nsight Compute:
+    ncu --clock-control none -k regex:zipgemm --section ... python benchmarks/profile_gemm.py N K M W T D [W T D ...]"""
+import sys
+
+import torch
+
+import zipgen
+from zipgen.codegen import ZipGemmConfig
+from zipgen.runtime import gemm
+
+n, k, m = map(int, sys.argv[1:4])
+cfgs = [ZipGemmConfig(*map(int, sys.argv[i:i + 3])) for i in range(4, len(sys.argv), 3)]
+w = (torch.randn(n, k, device="cuda") * 0.015).to(torch.bfloat16)
+ct = zipgen.compress(w)
+x = torch.randn(m, k, device="cuda").to(torch.bfloat16)
+for cfg in cfgs:
+    gemm(x, ct, config=cfg, fused=True)
+torch.cuda.synchronize()
