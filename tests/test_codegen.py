@@ -145,6 +145,30 @@ def test_default_kernel_sass_has_no_local_memory(built, op, arch, tmp_path):
     assert "STACK:0" in usage and "LOCAL:0" in usage, f"register spills or stack use:\n{out}"
 
 
+# Instructions each default sm_90 kernel must contain at least this often: the decode (PRMT: one
+# per register pair of a strip), the tensor cores, ldmatrix. A template edit that drops a stage
+# still compiles; this catches it without a GPU.
+SASS_FLOORS = {
+    "decode": {"PRMT": 16, "POPC": 1, "SHFL": 5},
+    "zipgemm": {"PRMT": 16, "HMMA.16816.F32.BF16": 4, "LDSM": 4, "SHFL": 5},
+}
+
+
+@pytest.mark.parametrize("op", sorted(SASS_FLOORS))
+def test_default_kernel_sass_has_every_stage(built, op, tmp_path):
+    tool = _cuobjdump()
+    if tool is None:
+        pytest.skip("cuobjdump not found (pip install nvidia-cuda-cuobjdump)")
+    kernel = built[op, "sm_90"]
+    path = tmp_path / f"{kernel.kernel_name}.cubin"
+    path.write_bytes(kernel.cubin)
+    sass = subprocess.run([tool, "--dump-sass", str(path)], capture_output=True, text=True,
+                          check=True, timeout=60).stdout
+    for opcode, floor in SASS_FLOORS[op].items():
+        count = len(re.findall(rf"\b{re.escape(opcode)}\b", sass))
+        assert count >= floor, f"{kernel.kernel_name}: {count} x {opcode}, expected >= {floor}"
+
+
 # --- validation ---------------------------------------------------------------------------------------
 
 

@@ -39,6 +39,38 @@ __device__ __forceinline__ unsigned load_stash_word(const GemmArgs& a, int offse
              ? __ldg(reinterpret_cast<const unsigned*>(a.fallback_exponents + at)) : 0u;
 }
 
+// Halfword offset of a lane's element at plane bit b inside the staging tile, relative to the
+// lane's element (row g, column 2q): register r = b & 15 sits 8 rows lower when r is odd,
+// 16 (r >> 2) + 8 ((r >> 1) & 1) = 4 (r & 14) columns right, and its high half one further.
+__device__ __forceinline__ int tile_offset_of_bit(unsigned b) {
+  return (b & 1u) * (8 * 2 * kStagePitch) + (b & 14u) * 4 + (b >> 4);
+}
+
+// Give this lane's fallback elements their exponents. The strip's exponents follow in the
+// stream lane by lane and, inside a lane, in plane-bit order; `stash` holds the 128 bytes from
+// (offset & ~3). When the strip has more fallbacks than the stash covers (never for trained
+// weights, whose strips hold ~35), the rest come from global memory.
+__device__ __forceinline__ void patch_fallbacks(unsigned short* lane_tile, unsigned fallbacks,
+                                                const unsigned char* stash, int offset,
+                                                int below, int total,
+                                                const unsigned char* __restrict__ stream) {
+  const int skip = offset & 3;
+  if (skip + total <= 4 * kStashWords) {  // warp-uniform
+    const unsigned char* e = stash + skip + below;
+    for (unsigned m = fallbacks; m; m &= m - 1, ++e) {
+      unsigned short* slot = lane_tile + tile_offset_of_bit(__ffs(m) - 1);
+      *slot = static_cast<unsigned short>((*slot & 0x807Fu) | (unsigned(*e) << 7));
+    }
+  } else {
+    int i = skip + below;
+    for (unsigned m = fallbacks; m; m &= m - 1, ++i) {
+      const unsigned e = i < 4 * kStashWords ? stash[i] : __ldg(stream + (offset & ~3) + i);
+      unsigned short* slot = lane_tile + tile_offset_of_bit(__ffs(m) - 1);
+      *slot = static_cast<unsigned short>((*slot & 0x807Fu) | (e << 7));
+    }
+  }
+}
+
 template <int kWarps, int kTokenTiles, int kDepth>
 __device__ __forceinline__ void zipgemm_row_group(const GemmArgs& a, unsigned char* smem) {
   constexpr int kTokens = kTokenTiles * 8;
@@ -118,20 +150,14 @@ __device__ __forceinline__ void zipgemm_row_group(const GemmArgs& a, unsigned ch
 
       // 3. fallbacks: each lane patches its own, in plane-bit order
       const unsigned fallbacks = fallback_mask(cur);
-      int rank = offset + lanes_below(__popc(fallbacks), lane);
+      const int own = __popc(fallbacks);
+      const int below = lanes_below(own, lane);
+      const int total = __shfl_sync(0xFFFFFFFFu, below + own, 31);
       stash[lane] = cur_stash;
       __syncwarp();
-      const int stash_begin = offset & ~3;
-      unsigned short* tile16 = reinterpret_cast<unsigned short*>(tile);
-      const unsigned char* stash8 = reinterpret_cast<const unsigned char*>(stash);
-      for (unsigned m = fallbacks; m; m &= m - 1, ++rank) {
-        const int b = __ffs(m) - 1;
-        const int i = rank - stash_begin;
-        const unsigned e = i < 4 * kStashWords ? stash8[i] : __ldg(a.fallback_exponents + rank);
-        unsigned short* slot = tile16 + element_row(lane, b & 15) * 2 * kStagePitch
-                             + element_col(lane, b & 15, b >> 4);
-        *slot = static_cast<unsigned short>((*slot & 0x807Fu) | (e << 7));
-      }
+      patch_fallbacks(reinterpret_cast<unsigned short*>(tile) + g * 2 * kStagePitch + 2 * q,
+                      fallbacks, reinterpret_cast<const unsigned char*>(stash), offset, below,
+                      total, a.fallback_exponents);
       __syncwarp();
 
       // 4. tensor cores: the strip's 4 tiles of 16x16 against every token tile
