@@ -53,12 +53,14 @@ class DecodeConfig:
 
 @dataclass(frozen=True)
 class ZipGemmConfig:
-    """The fused GEMM: a CTA computes 16 rows of y for token_tiles * 8 tokens; its warps split
-    K; each warp keeps `depth` strips of loads in flight."""
+    """The fused GEMM: a CTA computes row_groups * 16 rows of y for token_tiles * 8 tokens; the
+    warps_per_cta / row_groups warps of each row group split its K; each warp keeps `depth`
+    strips of loads in flight."""
 
     warps_per_cta: int = 8
     token_tiles: int = 1
     depth: int = 2
+    row_groups: int = 1
 
     op = "zipgemm"
     template = "zipgemm.cu.j2"
@@ -71,6 +73,8 @@ class ZipGemmConfig:
             out.append(f"token_tiles={self.token_tiles} is not 1, 2, 4 or 8")
         if self.depth not in (1, 2, 3, 4):
             out.append(f"depth={self.depth} is not 1, 2, 3 or 4")
+        if self.row_groups not in (1, 2, 4) or self.warps_per_cta % self.row_groups:
+            out.append(f"row_groups={self.row_groups} is not 1, 2 or 4 dividing warps_per_cta")
         if not out and self.smem_bytes > arch.max_smem_static:
             out.append(f"{self.smem_bytes} B of shared memory exceed {arch.name}'s "
                        f"{arch.max_smem_static} B")
@@ -91,8 +95,8 @@ class ZipGemmConfig:
         return max(tiles, partials)
 
     def kernel_name(self, arch: ArchTraits) -> str:
-        return (f"zipgemm_{arch.short}_r16_t{self.tokens}_w{self.warps_per_cta}"
-                f"_d{self.depth}")
+        return (f"zipgemm_{arch.short}_r{16 * self.row_groups}_t{self.tokens}"
+                f"_w{self.warps_per_cta}_d{self.depth}")
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -101,7 +105,7 @@ class ZipGemmConfig:
         return " ".join(f"{f.name}={getattr(self, f.name)}" for f in fields(self))
 
     def grid(self, n: int, m: int) -> tuple[int, int]:
-        return (-(-n // 16), -(-m // self.tokens))
+        return (-(-n // (16 * self.row_groups)), -(-m // self.tokens))
 
 
 OPS = {"decode": DecodeConfig, "zipgemm": ZipGemmConfig}

@@ -1,7 +1,8 @@
 // ZipGEMM: y[M, N] = x[M, K] @ W[N, K]^T (+ bias) with W in TCA-TBE, decoded on the fly.
 //
-// One CTA computes 16 output rows (one strip row of W) for kTokenTiles * 8 tokens. Its kWarps
-// warps split K: warp w takes the strips w, w + kWarps, ... of the row. Per strip a warp
+// One CTA computes kRowGroups * 16 output rows for kTokenTiles * 8 tokens. Each row group of 16
+// rows (one strip row of W) gets kWarps / kRowGroups warps that split its K: the warp of K slice
+// s takes the strips s, s + kWarps / kRowGroups, ... of the row. Per strip a warp
 //   1. has the strip's compressed words in registers already (a kDepth-deep ring of loads),
 //   2. decodes two weights per 32-bit operation into its shared-memory tile,
 //   3. patches the strip's few fallback weights (exponents prefetched into a 128-byte stash),
@@ -71,19 +72,24 @@ __device__ __forceinline__ void patch_fallbacks(unsigned short* lane_tile, unsig
   }
 }
 
-template <int kWarps, int kTokenTiles, int kDepth>
-__device__ __forceinline__ void zipgemm_row_group(const GemmArgs& a, unsigned char* smem) {
+template <int kWarps, int kRowGroups, int kTokenTiles, int kDepth>
+__device__ __forceinline__ void zipgemm_rows(const GemmArgs& a, unsigned char* smem) {
   constexpr int kTokens = kTokenTiles * 8;
+  constexpr int kWarpsK = kWarps / kRowGroups;  // warps sharing one row group split its K
   const int lane = threadIdx.x & 31;
   const int warp = threadIdx.x >> 5;
   const int g = lane >> 2, q = lane & 3;
-  const int row0 = blockIdx.x * kStripRows;
+  // Warp w works on row group w % kRowGroups of the CTA and on its K slice w / kRowGroups;
+  // warps of one K slice read the same activations at about the same time (L1 hits).
+  const int row_group = blockIdx.x * kRowGroups + warp % kRowGroups;
+  const int slice = warp / kRowGroups;
   const int tok0 = blockIdx.y * kTokens;
   unsigned* tile = reinterpret_cast<unsigned*>(smem) + warp * (kStageWords + kStashWords);
   unsigned* stash = tile + kStageWords;
-  const long long strip0 = static_cast<long long>(blockIdx.x) * a.strips_per_row_group;
-  const int count = warp < a.strips_per_row_group
-                        ? (a.strips_per_row_group - 1 - warp) / kWarps + 1 : 0;
+  const long long strip0 = static_cast<long long>(row_group) * a.strips_per_row_group + slice;
+  const bool rows_exist = row_group * kStripRows < a.n;
+  const int count = rows_exist && slice < a.strips_per_row_group
+                        ? (a.strips_per_row_group - 1 - slice) / kWarpsK + 1 : 0;
   const unsigned base_pair = base_pair_of(a.base);
 
   float acc[kTokenTiles][4];
@@ -95,7 +101,7 @@ __device__ __forceinline__ void zipgemm_row_group(const GemmArgs& a, unsigned ch
 #pragma unroll
   for (int d = 0; d < kDepth; ++d) {
     if (d < count) {
-      const long long s = strip0 + warp + d * kWarps;
+      const long long s = strip0 + d * kWarpsK;
       ring[d] = load_lane_strip(a.sign_mantissa, a.planes, s, lane);
       ring_offset[d] = __ldg(a.fallback_offsets + s);
     }
@@ -107,12 +113,12 @@ __device__ __forceinline__ void zipgemm_row_group(const GemmArgs& a, unsigned ch
     for (int d = 0; d < kDepth; ++d) {
       const int j = j0 + d;
       if (j >= count) break;  // warp-uniform
-      const int col0 = (warp + j * kWarps) * kStripCols;
+      const int col0 = (slice + j * kWarpsK) * kStripCols;
       const LaneStrip cur = ring[d];
       const int offset = ring_offset[d];
       const unsigned cur_stash = stash_word;
       if (j + kDepth < count) {  // refill the slot with the strip kDepth ahead
-        const long long s = strip0 + warp + (j + kDepth) * kWarps;
+        const long long s = strip0 + (j + kDepth) * kWarpsK;
         ring[d] = load_lane_strip(a.sign_mantissa, a.planes, s, lane);
         ring_offset[d] = __ldg(a.fallback_offsets + s);
       }
@@ -174,7 +180,7 @@ __device__ __forceinline__ void zipgemm_row_group(const GemmArgs& a, unsigned ch
     }
   }
 
-  // Sum the warps' partials in warp order and write BF16 rows of y.
+  // Sum each row group's K-slice partials in slice order and write BF16 rows of y.
   __syncthreads();
   float* partial = reinterpret_cast<float*>(smem);  // [kWarps][16 rows][kTokens]
 #pragma unroll
@@ -186,13 +192,16 @@ __device__ __forceinline__ void zipgemm_row_group(const GemmArgs& a, unsigned ch
     p[8 * kTokens + 1] = acc[nt][3];
   }
   __syncthreads();
-  for (int i = threadIdx.x; i < kStripRows * kTokens; i += kWarps * 32) {
-    const int r = i % kStripRows, t = i / kStripRows;  // consecutive threads: consecutive rows
-    const int row = row0 + r, tok = tok0 + t;
+  constexpr int kRows = kRowGroups * kStripRows;
+  for (int i = threadIdx.x; i < kRows * kTokens; i += kWarps * 32) {
+    const int r = i % kRows, t = i / kRows;  // consecutive threads: consecutive rows
+    const int row = blockIdx.x * kRows + r, tok = tok0 + t;
     if (row >= a.n || tok >= a.m) continue;
+    const int first_warp = r / kStripRows;  // warps first_warp + s * kRowGroups hold this row
     float sum = 0.f;
 #pragma unroll
-    for (int w = 0; w < kWarps; ++w) sum += partial[(w * kStripRows + r) * kTokens + t];
+    for (int s = 0; s < kWarpsK; ++s)
+      sum += partial[((first_warp + s * kRowGroups) * kStripRows + r % kStripRows) * kTokens + t];
     if (a.bias) sum += bf16_bits_to_float(a.bias[row]);
     a.y[static_cast<long long>(tok) * a.n + row] = float_to_bf16_bits(sum);
   }
