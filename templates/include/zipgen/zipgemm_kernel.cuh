@@ -40,32 +40,6 @@ __device__ __forceinline__ unsigned load_stash_word(const GemmArgs& a, int offse
              ? __ldg(reinterpret_cast<const unsigned*>(a.fallback_exponents + at)) : 0u;
 }
 
-// The mma B fragments (activations) of the strip at column col0 for every token tile, one
-// strip ahead of their use so that their latency hides behind a strip's decode. Tokens past
-// M read row M - 1 (their sums are never stored); columns past K (only in a ragged last
-// strip) read zeros.
-template <int kTokenTiles>
-__device__ __forceinline__ void load_activations(const GemmArgs& a, unsigned (&bf)[kTokenTiles][4][2],
-                                                 int col0, int tok0, int g, int q) {
-  const bool full_strip = col0 + kStripCols <= a.k;  // warp-uniform
-#pragma unroll
-  for (int nt = 0; nt < kTokenTiles; ++nt) {
-    const int tok = min(tok0 + nt * 8 + g, a.m - 1);
-    const unsigned* xr = reinterpret_cast<const unsigned*>(a.x + static_cast<long long>(tok) * a.k + col0 + 2 * q);
-#pragma unroll
-    for (int t = 0; t < 4; ++t) {
-      if (full_strip) {
-        bf[nt][t][0] = __ldg(xr + 8 * t);
-        bf[nt][t][1] = __ldg(xr + 8 * t + 4);
-      } else {
-        const int kk = col0 + 16 * t + 2 * q;
-        bf[nt][t][0] = kk < a.k ? __ldg(xr + 8 * t) : 0u;
-        bf[nt][t][1] = kk + 8 < a.k ? __ldg(xr + 8 * t + 4) : 0u;
-      }
-    }
-  }
-}
-
 // Halfword offset of a lane's element at plane bit b inside the staging tile, relative to the
 // lane's element (row g, column 2q): register r = b & 15 sits 8 rows lower when r is odd,
 // 16 (r >> 2) + 8 ((r >> 1) & 1) = 4 (r & 14) columns right, and its high half one further.
@@ -133,8 +107,6 @@ __device__ __forceinline__ void zipgemm_rows(const GemmArgs& a, unsigned char* s
     }
   }
   unsigned stash_word = count > 0 ? load_stash_word(a, ring_offset[0], lane) : 0u;
-  unsigned bf_next[kTokenTiles][4][2];
-  if (count > 0) load_activations<kTokenTiles>(a, bf_next, slice * kStripCols, tok0, g, q);
 
   for (int j0 = 0; j0 < count; j0 += kDepth) {
 #pragma unroll
@@ -153,13 +125,27 @@ __device__ __forceinline__ void zipgemm_rows(const GemmArgs& a, unsigned char* s
       if (j + 1 < count)  // next strip's stash: its offset arrived at least one strip ago
         stash_word = load_stash_word(a, ring_offset[(d + 1) % kDepth], lane);
 
-      // This strip's activation fragments arrived during the previous strip; issue the next's.
+      // Activation fragments of this strip (mma B operands), issued now so that they arrive
+      // while the strip decodes. Tokens past M read row M - 1 (their sums are never stored);
+      // columns past K (only in a ragged last strip) read zeros.
       unsigned bf[kTokenTiles][4][2];
+      const bool full_strip = col0 + kStripCols <= a.k;  // warp-uniform
 #pragma unroll
-      for (int nt = 0; nt < kTokenTiles; ++nt)
+      for (int nt = 0; nt < kTokenTiles; ++nt) {
+        const int tok = min(tok0 + nt * 8 + g, a.m - 1);
+        const unsigned* xr = reinterpret_cast<const unsigned*>(a.x + static_cast<long long>(tok) * a.k + col0 + 2 * q);
 #pragma unroll
-        for (int t = 0; t < 4; ++t) bf[nt][t][0] = bf_next[nt][t][0], bf[nt][t][1] = bf_next[nt][t][1];
-      if (j + 1 < count) load_activations<kTokenTiles>(a, bf_next, col0 + kWarpsK * kStripCols, tok0, g, q);
+        for (int t = 0; t < 4; ++t) {
+          if (full_strip) {
+            bf[nt][t][0] = __ldg(xr + 8 * t);
+            bf[nt][t][1] = __ldg(xr + 8 * t + 4);
+          } else {
+            const int kk = col0 + 16 * t + 2 * q;
+            bf[nt][t][0] = kk < a.k ? __ldg(xr + 8 * t) : 0u;
+            bf[nt][t][1] = kk + 8 < a.k ? __ldg(xr + 8 * t + 4) : 0u;
+          }
+        }
+      }
 
       // 2. decode into the tile
       const ShiftedPlanes sp = shifted_planes(cur);
