@@ -17,9 +17,10 @@ from ..format.layout import padded_shape
 from .decode import decompress_cuda
 from .kernels import get_kernel, launch
 
-# Largest M for which the fused kernel is used. Measured on H100/H200 (BENCHMARKS.md); the
-# tuner refines it per shape.
-FUSED_MAX_M = 64
+# Largest M for which the fused kernel is used; above it, decode + cuBLAS. From the fused vs
+# decode+cuBLAS columns of benchmarks/gemm.py on an H200 (BENCHMARKS.md); the tuner (issue 5)
+# will refine it per shape.
+FUSED_MAX_M = 32
 
 _scratch_lock = threading.Lock()
 _scratch: dict[tuple, torch.Tensor] = {}
@@ -36,10 +37,16 @@ def _scratch_for(device: torch.device, n: int, k: int) -> torch.Tensor:
     return buf
 
 
-def fused_config(m: int) -> ZipGemmConfig:
-    """The default fused-kernel configuration for M tokens (the tuner's database overrides it)."""
+def fused_config(m: int, n: int, k: int) -> ZipGemmConfig:
+    """The default fused-kernel configuration for M tokens and an N x K weight, until the
+    tuner's database exists: the winners of benchmarks/gemm_sweep.py on an H200 (2026-11-28)
+    for the Llama-3.1-8B shapes, generalised by shape class."""
     tiles = 1 if m <= 8 else 2 if m <= 16 else 4 if m <= 32 else 8
-    return ZipGemmConfig(warps_per_cta=8 if tiles <= 2 else 4, token_tiles=tiles, depth=2)
+    if k >= 8192:  # long rows (down_proj): more warps per row, two row groups
+        return ZipGemmConfig(16, tiles, 2, 2)
+    if n >= 16384:  # many rows (gate_up): small CTAs, many resident
+        return ZipGemmConfig(4, tiles, 1, 1)
+    return ZipGemmConfig(8, tiles, 1 if tiles == 1 else 2, 1)
 
 
 def _check(x: torch.Tensor, w: CompressedTensor, bias, out):
@@ -87,7 +94,7 @@ def gemm(x: torch.Tensor, w: CompressedTensor, bias: torch.Tensor | None = None,
     if fused and not can_fuse:
         raise InputError(f"the fused kernel needs K % 8 == 0 (K = {k}); use fused=None")
     if use_fused:
-        cfg = config or fused_config(m)
+        cfg = config or fused_config(m, n, k)
         kernel = get_kernel("zipgemm", cfg, x.device)
         launch(kernel, grid=cfg.grid(n, m), block=(cfg.threads,),
                args=(w.sign_mantissa, w.planes, w.fallback_exponents, w.fallback_offsets, x2,
