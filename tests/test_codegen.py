@@ -260,3 +260,13 @@ def test_gen_unknown_arch_or_op_exits_2_and_writes_nothing(tmp_path, capsys, arg
     assert main(["gen", *args, "--out", str(out)]) == 2
     assert re.search(match, capsys.readouterr().err)
     assert not out.exists()
+
+
+def test_default_gemm_configs_are_valid_everywhere():
+    """runtime.gemm's per-shape defaults must render for every arch and token count."""
+    from zipgen.runtime.gemm import fused_config
+    for m in (1, 8, 16, 32, 64, 256):
+        for n, k in ((4096, 4096), (28672, 4096), (4096, 14336), (8192, 28672), (16, 64)):
+            cfg = fused_config(m, n, k)
+            for arch in ARCHES:
+                assert not cfg.problems(ARCHES[arch]), (m, n, k, cfg)

@@ -11,8 +11,8 @@ from .arch import ArchTraits
 class DecodeConfig:
     """The standalone decoder: warps per CTA and strips (16x64 weights) each warp decodes."""
 
-    warps_per_cta: int = 8
-    strips_per_warp: int = 4
+    warps_per_cta: int = 4  # 4 x 1 was the fastest of all 16 on an H200 (BENCHMARKS.md)
+    strips_per_warp: int = 1
 
     op = "decode"
     template = "decode.cu.j2"

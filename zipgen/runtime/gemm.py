@@ -10,7 +10,7 @@ import threading
 
 import torch
 
-from ..codegen import ZipGemmConfig
+from ..codegen import ARCHES, ZipGemmConfig
 from ..errors import InputError
 from ..format import CompressedTensor
 from ..format.layout import padded_shape
@@ -20,7 +20,7 @@ from .kernels import get_kernel, launch
 # Largest M for which the fused kernel is used; above it, decode + cuBLAS. From the fused vs
 # decode+cuBLAS columns of benchmarks/gemm.py on an H200 (BENCHMARKS.md); the tuner (issue 5)
 # will refine it per shape.
-FUSED_MAX_M = 32
+FUSED_MAX_M = 16
 
 _scratch_lock = threading.Lock()
 _scratch: dict[tuple, torch.Tensor] = {}
@@ -43,10 +43,13 @@ def fused_config(m: int, n: int, k: int) -> ZipGemmConfig:
     for the Llama-3.1-8B shapes, generalised by shape class."""
     tiles = 1 if m <= 8 else 2 if m <= 16 else 4 if m <= 32 else 8
     if k >= 8192:  # long rows (down_proj): more warps per row, two row groups
-        return ZipGemmConfig(16, tiles, 2, 2)
-    if n >= 16384:  # many rows (gate_up): small CTAs, many resident
-        return ZipGemmConfig(4, tiles, 1, 1)
-    return ZipGemmConfig(8, tiles, 1 if tiles == 1 else 2, 1)
+        candidates = [ZipGemmConfig(16, tiles, 2, 2), ZipGemmConfig(8, tiles, 2, 2)]
+    elif n >= 16384:  # many rows (gate_up): small CTAs, many resident
+        candidates = [ZipGemmConfig(4, tiles, 1, 1)]
+    else:
+        candidates = [ZipGemmConfig(8, tiles, 1 if tiles == 1 else 2, 1)]
+    candidates.append(ZipGemmConfig(4, tiles, 2, 1))  # fits every arch's static shared memory
+    return next(c for c in candidates if not c.problems(ARCHES["sm_80"]))
 
 
 def _check(x: torch.Tensor, w: CompressedTensor, bias, out):
