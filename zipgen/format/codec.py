@@ -102,22 +102,28 @@ def _sm_to_lane_order(x: torch.Tensor) -> torch.Tensor:
     return x.view(-1, 2, LANES, 16).transpose(1, 2).reshape(-1)
 
 
-# Rows per chunk on the CPU: ~1-2 MB of BF16 per chunk keeps every intermediate in the L2 cache
-# and lets two threads work on different chunks (torch ops release the GIL).
+# Rows per chunk on the CPU: ~1 MB of BF16 per chunk keeps every intermediate in the L2 cache,
+# and two threads work on different chunks (torch ops release the GIL). Matrices under a few
+# chunks are done in one piece: there the hand-off costs more than the second core gains.
 _CPU_CHUNK_ELEMS = 1 << 19
+_MIN_CHUNKS_FOR_THREADS = 4
+_pool: ThreadPoolExecutor | None = None
 
 
 def _row_chunks(n_rows_padded: int, kp: int, device: torch.device) -> list[tuple[int, int]]:
-    if device.type != "cpu":
+    if device.type != "cpu" or n_rows_padded * kp < _MIN_CHUNKS_FOR_THREADS * _CPU_CHUNK_ELEMS:
         return [(0, n_rows_padded)]
     rows = max(16, (_CPU_CHUNK_ELEMS // kp) // 16 * 16)
     return [(r, min(r + rows, n_rows_padded)) for r in range(0, n_rows_padded, rows)]
 
 
 def _map_chunks(fn, chunks, device):
+    global _pool
     if device.type == "cpu" and len(chunks) > 1 and torch.get_num_threads() > 1:
-        with ThreadPoolExecutor(max_workers=torch.get_num_threads()) as pool:
-            return list(pool.map(fn, chunks))
+        if _pool is None:  # one pool per process: creating threads per call costs milliseconds
+            _pool = ThreadPoolExecutor(max_workers=torch.get_num_threads(),
+                                       thread_name_prefix="zipgen-codec")
+        return list(_pool.map(fn, chunks))
     return [fn(c) for c in chunks]
 
 
