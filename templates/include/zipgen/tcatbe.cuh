@@ -41,6 +41,18 @@ __device__ __forceinline__ LaneStrip load_lane_strip(const uint4* __restrict__ s
   return d;
 }
 
+// The same from pointers already at this lane's words of a strip (sign_mantissa + 64 s + lane,
+// planes + 96 s + lane), for loops that advance pointers instead of recomputing addresses.
+__device__ __forceinline__ LaneStrip load_lane_strip_at(const uint4* __restrict__ sm,
+                                                        const unsigned* __restrict__ planes) {
+  LaneStrip d;
+  d.sm[0] = __ldg(sm);
+  d.sm[1] = __ldg(sm + 32);
+#pragma unroll
+  for (int i = 0; i < kPlanes; ++i) d.planes[i] = __ldg(planes + i * kLanes);
+  return d;
+}
+
 // Bits of a lane's elements that are fallbacks (code 0); bit b = r + 16e.
 __device__ __forceinline__ unsigned fallback_mask(const LaneStrip& d) {
   return ~(d.planes[0] | d.planes[1] | d.planes[2]);

@@ -107,6 +107,17 @@ __device__ __forceinline__ void zipgemm_rows(const GemmArgs& a, unsigned char* s
     }
   }
   unsigned stash_word = count > 0 ? load_stash_word(a, ring_offset[0], lane) : 0u;
+  // The strip kDepth ahead, as pointers that advance by kWarpsK strips per refill.
+  const long long ahead = strip0 + kDepth * kWarpsK;
+  const uint4* sm_ahead = a.sign_mantissa + ahead * (kStripElems / 16) + lane;
+  const unsigned* planes_ahead = a.planes + ahead * (kPlanes * kLanes) + lane;
+  const int* offset_ahead = a.fallback_offsets + ahead;
+  // This lane's activation rows (as 32-bit pairs, column 2q); tokens past M read row M - 1.
+  const unsigned* x_rows[kTokenTiles];
+#pragma unroll
+  for (int nt = 0; nt < kTokenTiles; ++nt)
+    x_rows[nt] = reinterpret_cast<const unsigned*>(
+        a.x + static_cast<long long>(min(tok0 + nt * 8 + g, a.m - 1)) * a.k + 2 * q);
 
   for (int j0 = 0; j0 < count; j0 += kDepth) {
 #pragma unroll
@@ -118,9 +129,11 @@ __device__ __forceinline__ void zipgemm_rows(const GemmArgs& a, unsigned char* s
       const int offset = ring_offset[d];
       const unsigned cur_stash = stash_word;
       if (j + kDepth < count) {  // refill the slot with the strip kDepth ahead
-        const long long s = strip0 + (j + kDepth) * kWarpsK;
-        ring[d] = load_lane_strip(a.sign_mantissa, a.planes, s, lane);
-        ring_offset[d] = __ldg(a.fallback_offsets + s);
+        ring[d] = load_lane_strip_at(sm_ahead, planes_ahead);
+        ring_offset[d] = __ldg(offset_ahead);
+        sm_ahead += kWarpsK * (kStripElems / 16);
+        planes_ahead += kWarpsK * kPlanes * kLanes;
+        offset_ahead += kWarpsK;
       }
       if (j + 1 < count)  // next strip's stash: its offset arrived at least one strip ago
         stash_word = load_stash_word(a, ring_offset[(d + 1) % kDepth], lane);
@@ -129,22 +142,23 @@ __device__ __forceinline__ void zipgemm_rows(const GemmArgs& a, unsigned char* s
       // while the strip decodes. Tokens past M read row M - 1 (their sums are never stored);
       // columns past K (only in a ragged last strip) read zeros.
       unsigned bf[kTokenTiles][4][2];
-      const bool full_strip = col0 + kStripCols <= a.k;  // warp-uniform
+      if (col0 + kStripCols <= a.k) {  // warp-uniform; false only for a ragged last strip
 #pragma unroll
-      for (int nt = 0; nt < kTokenTiles; ++nt) {
-        const int tok = min(tok0 + nt * 8 + g, a.m - 1);
-        const unsigned* xr = reinterpret_cast<const unsigned*>(a.x + static_cast<long long>(tok) * a.k + col0 + 2 * q);
+        for (int nt = 0; nt < kTokenTiles; ++nt)
 #pragma unroll
-        for (int t = 0; t < 4; ++t) {
-          if (full_strip) {
-            bf[nt][t][0] = __ldg(xr + 8 * t);
-            bf[nt][t][1] = __ldg(xr + 8 * t + 4);
-          } else {
-            const int kk = col0 + 16 * t + 2 * q;
-            bf[nt][t][0] = kk < a.k ? __ldg(xr + 8 * t) : 0u;
-            bf[nt][t][1] = kk + 8 < a.k ? __ldg(xr + 8 * t + 4) : 0u;
+          for (int t = 0; t < 4; ++t) {
+            bf[nt][t][0] = __ldg(x_rows[nt] + col0 / 2 + 8 * t);
+            bf[nt][t][1] = __ldg(x_rows[nt] + col0 / 2 + 8 * t + 4);
           }
-        }
+      } else {
+#pragma unroll
+        for (int nt = 0; nt < kTokenTiles; ++nt)
+#pragma unroll
+          for (int t = 0; t < 4; ++t) {
+            const int kk = col0 + 16 * t + 2 * q;
+            bf[nt][t][0] = kk < a.k ? __ldg(x_rows[nt] + col0 / 2 + 8 * t) : 0u;
+            bf[nt][t][1] = kk + 8 < a.k ? __ldg(x_rows[nt] + col0 / 2 + 8 * t + 4) : 0u;
+          }
       }
 
       // 2. decode into the tile
