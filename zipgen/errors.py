@@ -25,3 +25,17 @@ class CompileError(ZipgenError):
         super().__init__(message)
         self.log = log
         self.source_path = source_path
+
+
+class BundleError(ZipgenError):
+    """A prebuilt kernel bundle is malformed, corrupt, or made for another zipgen or format version.
+    The message names the bundle, the kernel and what does not match."""
+
+
+class MissingKernelError(ZipgenError):
+    """A kernel is in no bundle or cache and ZIPGEN_DISABLE_JIT=1 forbids compiling it (FlashInfer's
+    MissingJITCacheError). The message names the kernel and the command that builds it."""
+
+    def __init__(self, message, *, op=None, arch=None, config=None, kernel_name=None):
+        super().__init__(message)
+        self.op, self.arch, self.config, self.kernel_name = op, arch, config, kernel_name

@@ -6,7 +6,7 @@ import sys
 
 from .. import __version__
 from ..errors import ZipgenError
-from . import checkpoint_cmds, gen_cmd
+from . import bundle_cmd, checkpoint_cmds, gen_cmd
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -17,6 +17,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     checkpoint_cmds.add_parsers(sub)
     gen_cmd.add_parsers(sub)
+    bundle_cmd.add_parsers(sub)
     return parser
 
 

@@ -1,7 +1,8 @@
 """Loading generated kernels onto the current CUDA device and launching them on torch's stream.
 
-cuda.core does the driver work (module load, launch); kernels are built by zipgen.codegen
-(cubin cache, else NVRTC) once per (device, op, arch, config) and kept for the process."""
+cuda.core does the driver work (module load, launch); cubins come from zipgen.bundle's lookup
+(bundle, installed bundle, cubin cache, else NVRTC) once per (device, op, arch, config) and are
+kept for the process."""
 from __future__ import annotations
 
 import threading
@@ -9,7 +10,8 @@ import threading
 import numpy as np
 import torch
 
-from ..codegen import arch_for_capability, build_kernel
+from ..bundle.loader import resolve_kernel
+from ..codegen import arch_for_capability
 from ..errors import ZipgenError
 
 _lock = threading.Lock()
@@ -39,7 +41,7 @@ def _make_current(device_index: int) -> None:
 
 
 def get_kernel(op: str, config, device: torch.device):
-    """The loaded kernel for `config` on `device` (built or taken from the cache first)."""
+    """The loaded kernel for `config` on `device` (from a bundle, the cache, or NVRTC)."""
     index = device.index if device.index is not None else torch.cuda.current_device()
     arch = device_arch(torch.device("cuda", index))
     key = (index, op, arch, config)
@@ -48,10 +50,10 @@ def get_kernel(op: str, config, device: torch.device):
         with _lock:
             kernel = _kernels.get(key)
             if kernel is None:
-                built = build_kernel(op, arch, config)
+                resolved = resolve_kernel(op, arch, config)
                 _make_current(index)
-                code = _cuda_core().ObjectCode.from_cubin(built.cubin)
-                kernel = code.get_kernel(built.kernel_name)
+                code = _cuda_core().ObjectCode.from_cubin(resolved.cubin)
+                kernel = code.get_kernel(resolved.kernel_name)
                 _kernels[key] = kernel
     return kernel
 
