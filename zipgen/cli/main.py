@@ -6,7 +6,7 @@ import sys
 
 from .. import __version__
 from ..errors import ZipgenError
-from . import bundle_cmd, checkpoint_cmds, gen_cmd
+from . import bundle_cmd, checkpoint_cmds, gen_cmd, tune_cmd
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -18,6 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
     checkpoint_cmds.add_parsers(sub)
     gen_cmd.add_parsers(sub)
     bundle_cmd.add_parsers(sub)
+    tune_cmd.add_parsers(sub)
     return parser
 
 

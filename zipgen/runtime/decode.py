@@ -7,13 +7,19 @@ from ..codegen import DecodeConfig
 from ..errors import InputError
 from ..format import CompressedTensor
 from ..format.layout import padded_shape
+from ..tune import dispatch
 from .kernels import get_kernel, launch
+
+
+def _default_config(m, n, k) -> DecodeConfig:
+    return DecodeConfig()
 
 
 def decompress_cuda(ct: CompressedTensor, out: torch.Tensor | None = None,
                     config: DecodeConfig | None = None) -> torch.Tensor:
     """Decode `ct` (on a CUDA device) into `out` (BF16 [N, K] on the same device, made if
-    None) with the generated decoder, on torch's current stream."""
+    None) with the generated decoder, on torch's current stream. `config` defaults to the
+    tuning database's winner for the device and shape, else DecodeConfig()."""
     if ct.device.type != "cuda":
         raise InputError(f"decompress_cuda needs a CompressedTensor on a CUDA device, not {ct.device}")
     n, k = ct.shape
@@ -26,7 +32,8 @@ def decompress_cuda(ct: CompressedTensor, out: torch.Tensor | None = None,
     for name, t in (("out", out), ("sign_mantissa", ct.sign_mantissa)):
         if t.data_ptr() % 16:
             raise InputError(f"{name} must be 16-byte aligned for the decoder's vector accesses")
-    cfg = config or DecodeConfig()
+    # the tuned winner for (device, N, K), else the default; cached per key
+    cfg = config or dispatch.choose("decode", ct.device, n, k, None, _default_config)
     kernel = get_kernel("decode", cfg, ct.device)
     strips_per_row_group = padded_shape(n, k)[1] // 64
     launch(kernel, grid=(cfg.grid(ct.num_strips),), block=(cfg.threads,),

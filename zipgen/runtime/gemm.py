@@ -14,12 +14,13 @@ from ..codegen import ARCHES, ZipGemmConfig
 from ..errors import InputError
 from ..format import CompressedTensor
 from ..format.layout import padded_shape
+from ..tune import dispatch
 from .decode import decompress_cuda
 from .kernels import get_kernel, launch
 
 # Largest M for which the fused kernel is used; above it, decode + cuBLAS. From the fused vs
-# decode+cuBLAS columns of benchmarks/gemm.py on an H200 (BENCHMARKS.md); the tuner (issue 5)
-# will refine it per shape.
+# decode+cuBLAS columns of benchmarks/gemm.py on an H200 (BENCHMARKS.md); the tuned switch point of
+# the device and shape replaces it when the tuning database has one (zipgen.tune.dispatch).
 FUSED_MAX_M = 16
 
 _scratch_lock = threading.Lock()
@@ -38,9 +39,10 @@ def _scratch_for(device: torch.device, n: int, k: int) -> torch.Tensor:
 
 
 def fused_config(m: int, n: int, k: int) -> ZipGemmConfig:
-    """The default fused-kernel configuration for M tokens and an N x K weight, until the
-    tuner's database exists: the winners of benchmarks/gemm_sweep.py on an H200 (2026-11-28)
-    for the Llama-3.1-8B shapes, generalised by shape class."""
+    """The default fused-kernel configuration for M tokens and an N x K weight, used when the
+    tuning database has nothing for the shape (zipgen.tune.dispatch): the winners of
+    benchmarks/gemm_sweep.py on an H200 (2026-11-28) for the Llama-3.1-8B shapes, generalised
+    by shape class."""
     tiles = 1 if m <= 8 else 2 if m <= 16 else 4 if m <= 32 else 8
     if k >= 8192:  # long rows (down_proj): more warps per row, two row groups
         candidates = [ZipGemmConfig(16, tiles, 2, 2), ZipGemmConfig(8, tiles, 2, 2)]
@@ -79,8 +81,9 @@ def gemm(x: torch.Tensor, w: CompressedTensor, bias: torch.Tensor | None = None,
          out: torch.Tensor | None = None, *, config: ZipGemmConfig | None = None,
          fused: bool | None = None) -> torch.Tensor:
     """y = x @ W^T (+ bias), W decoded on the fly. x: BF16 [..., K] on W's device; returns BF16
-    [..., N]. `fused` forces (True) or forbids (False) the fused kernel; `config` picks its
-    tile configuration."""
+    [..., N]. `fused` forces (True) or forbids (False) the fused kernel (default: the tuned
+    switch point, else M <= FUSED_MAX_M); `config` picks its tile configuration (default: the
+    tuned winner, else fused_config)."""
     _check(x, w, bias, out)
     n, k = w.shape
     x2 = x.reshape(-1, k)
@@ -93,11 +96,14 @@ def gemm(x: torch.Tensor, w: CompressedTensor, bias: torch.Tensor | None = None,
         return y
     y2 = y.view(m, n)
     can_fuse = k % 8 == 0  # 4-byte activation loads stay aligned
-    use_fused = (m <= FUSED_MAX_M if fused is None else fused) and can_fuse
-    if fused and not can_fuse:
+    if fused is None:  # the tuned switch point, cached per (device, N, K)
+        fused = m <= dispatch.fused_max_m(x.device, n, k, FUSED_MAX_M)
+    elif fused and not can_fuse:
         raise InputError(f"the fused kernel needs K % 8 == 0 (K = {k}); use fused=None")
+    use_fused = fused and can_fuse
     if use_fused:
-        cfg = config or fused_config(m, n, k)
+        # the tuned winner for (device, N, K, M bucket), else fused_config; cached per key
+        cfg = config or dispatch.choose("zipgemm", x.device, n, k, m, fused_config)
         kernel = get_kernel("zipgemm", cfg, x.device)
         launch(kernel, grid=cfg.grid(n, m), block=(cfg.threads,),
                args=(w.sign_mantissa, w.planes, w.fallback_exponents, w.fallback_offsets, x2,

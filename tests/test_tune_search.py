@@ -1,0 +1,193 @@
+"""The tuner's search loop with the GPU faked (build and measure monkeypatched): enqueue order,
+pruned failures with reasons, crashes, wrong results, resume and the switch point (CPU only)."""
+from __future__ import annotations
+
+import math
+
+import optuna
+import pytest
+
+from zipgen.codegen import DecodeConfig, ZipGemmConfig
+from zipgen.errors import CompileError
+from zipgen.runtime.gemm import fused_config
+from zipgen.tune import TuningDB, enumerate_space, search, switch_lookup, winners
+
+from tune_fakes import FakeMeasurer
+
+TARGET = search.Target("sm_80", "Fake A100", 108)
+N, K = 1024, 2048
+
+
+class Log(list):
+    fail: set  # configs that fail to compile
+
+
+@pytest.fixture
+def built(monkeypatch):
+    """The configs the tuner compiled, in order (the GPU-free half of a candidate's life)."""
+    log = Log()
+    log.fail = set()
+
+    def build(op, arch, cfg):
+        log.append(cfg)
+        if cfg in log.fail:
+            raise CompileError("ptxas fatal: too many registers")
+    monkeypatch.setattr(search, "build_candidate", build)
+    return log
+
+
+def tuner(tmp_path, measurer=None, ops=("decode", "zipgemm"), ms=(1, 16), **options):
+    return search.Tuner(search.Options([("t", N, K)], ms=ms, ops=ops, **options), TARGET,
+                        TuningDB(tmp_path), measurer=measurer or FakeMeasurer())
+
+
+def key(cfg):
+    return (cfg.op, frozenset(cfg.as_dict().items()))
+
+
+def test_brute_force_searches_each_valid_config_once(tmp_path, built):
+    fake = FakeMeasurer()
+    report = tuner(tmp_path, fake).run()
+    for op, bucket in [("decode", None), ("zipgemm", 1), ("zipgemm", 16)]:
+        valid = enumerate_space(op, "sm_80", bucket).valid
+        measured = [c for o, c, m in fake.calls if o == op and m == bucket]
+        assert sorted(map(str, measured)) == sorted(str(c.as_dict()) for c in valid)
+    assert report.counts["measured"] == len([c for c in fake.calls if c[0] != "decode_path"])
+    assert fake.closed
+
+
+def test_default_first_then_last_winner(tmp_path, built):
+    db = TuningDB(tmp_path)
+    last = ZipGemmConfig(16, 2, 3, 2)
+    old = search.Record(op="zipgemm", n=N, k=K, m=1, arch="sm_80", device_name="Fake A100",
+                        sm_count=108, config=last.as_dict(), status="ok", median_us=5.0,
+                        env={"source_sha256": "an older generator"})
+    db.append(old)
+    t = tuner(tmp_path, ops=("zipgemm",), ms=(1,))
+    t.run()
+    assert built[:2] == [fused_config(1, N, K), last]
+    (_, _, _, study), = t.studies
+    assert [tr.params["config"] for tr in study.trials[:2]] == [fused_config(1, N, K).describe(),
+                                                              last.describe()]
+    built.clear()
+    tuner(tmp_path / "other", ops=("decode",)).run()
+    assert built[0] == DecodeConfig()
+
+
+def test_tpe_for_big_spaces_prunes_invalid_proposals_without_measuring(tmp_path, built):
+    fake = FakeMeasurer()
+    t = tuner(tmp_path, fake, ops=("zipgemm",), ms=(1,), trials=30, seed=3)
+    t.run()
+    (_, _, _, study), = t.studies
+    assert isinstance(study.sampler, optuna.samplers.TPESampler)
+    assert len(study.trials) == 30
+    assert study.trials[0].params == {f: getattr(fused_config(1, N, K), f)
+                                      for f in ("warps_per_cta", "token_tiles", "depth",
+                                                "row_groups")}
+    valid = set(enumerate_space("zipgemm", "sm_80", 1).valid)
+    assert all(ZipGemmConfig(**c) in valid for op, c, _ in fake.calls if op == "zipgemm")
+    for tr in study.trials:
+        assert tr.value is None or math.isfinite(tr.value)
+        if tr.user_attrs.get("status") == "constraint":
+            assert tr.state == optuna.trial.TrialState.PRUNED
+
+
+def test_failures_are_pruned_trials_with_reasons_and_recorded_without_time(tmp_path, built):
+    crash, slow, broken = ZipGemmConfig(2, 1, 1, 1), ZipGemmConfig(4, 2, 4, 1), ZipGemmConfig(8, 1, 4, 2)
+    built.fail.add(broken)
+    fake = FakeMeasurer(failures={
+        key(crash): ("runtime", "worker process died (killed by SIGSEGV)"),
+        key(slow): ("timeout", "no answer within 60 s; worker killed")})
+    t = tuner(tmp_path, fake, ops=("zipgemm",), ms=(1,))
+    report = t.run()
+    (_, _, _, study), = t.studies
+    pruned = {tr.user_attrs["config"]: tr for tr in study.trials
+              if tr.state == optuna.trial.TrialState.PRUNED}
+    assert set(pruned) == {crash.describe(), slow.describe(), broken.describe()}
+    assert pruned[crash.describe()].user_attrs["status"] == "runtime"
+    assert all(tr.value is None for tr in pruned.values())  # pruned, never a NaN value
+    assert report.counts["runtime"] == report.counts["timeout"] == report.counts["compile"] == 1
+    records = {r.status: r for r in TuningDB(tmp_path).read()}
+    assert "SIGSEGV" in records["runtime"].error and "registers" in records["compile"].error
+    for status in ("runtime", "timeout", "compile"):
+        assert records[status].median_us is None
+    # the search went on after the crash
+    order = [c for _, c, _ in fake.calls]
+    assert order.index(crash.as_dict()) < len(order) - 1
+    assert report.rows[0].winner.status == "ok"
+
+
+def test_a_wrong_result_stops_the_run_and_names_the_config(tmp_path, built):
+    wrong = ZipGemmConfig(4, 1, 3, 1)
+    fake = FakeMeasurer(failures={key(wrong): ("correctness", "M=3: 12 of 3072 outside tolerance")})
+    with pytest.raises(search.WrongResultError, match=r"warps_per_cta=4 token_tiles=1 depth=3"):
+        tuner(tmp_path, fake, ops=("zipgemm",), ms=(1,)).run()
+    assert fake.closed
+    (record,) = [r for r in TuningDB(tmp_path).read() if r.status == "correctness"]
+    assert record.config == wrong.as_dict() and record.median_us is None
+
+
+def test_keep_going_records_a_wrong_result_and_goes_on(tmp_path, built):
+    wrong = ZipGemmConfig(4, 1, 3, 1)
+    fake = FakeMeasurer(failures={key(wrong): ("correctness", "bad")})
+    report = tuner(tmp_path, fake, ops=("zipgemm",), ms=(1,), keep_going=True).run()
+    assert report.counts["correctness"] == 1
+    measured = [c for op, c, _ in fake.calls if op == "zipgemm"]
+    assert len(measured) == len(enumerate_space("zipgemm", "sm_80", 1).valid)
+    assert report.rows[0].winner.config != wrong.as_dict()
+
+
+def test_resume_skips_measured_work(tmp_path, built, monkeypatch):
+    first = tuner(tmp_path).run()
+    lines = sum(1 for _ in (tmp_path).rglob("*.jsonl") for _ in open(_))
+
+    class MustNotMeasure(FakeMeasurer):
+        def measure(self, problem, request):
+            raise AssertionError(f"measured again: {request}")
+
+    again = tuner(tmp_path, MustNotMeasure()).run()
+    assert again.counts == {"resumed": sum(first.counts.values()) + 1}  # + the switch point
+    assert sum(1 for _ in (tmp_path).rglob("*.jsonl") for _ in open(_)) == lines
+    assert [(r.winner.config, r.default.median_us) for r in again.rows] == \
+        [(r.winner.config, r.default.median_us) for r in first.rows]
+    # a changed generator is measured again
+    monkeypatch.setattr(search, "source_sha256", lambda op, arch, cfg: "new")
+    fake = FakeMeasurer()
+    tuner(tmp_path, fake, ops=("decode",)).run()
+    assert len(fake.calls) == 20
+
+
+def test_switch_point_is_the_largest_m_where_fused_won(tmp_path, built):
+    def time_us(op, cfg, m):
+        if op == "decode_path":
+            return 30.0
+        return 10.0 + m + cfg.get("depth", 0) / 10 if op == "zipgemm" else 5.0
+
+    report = tuner(tmp_path, FakeMeasurer(time_us), ms=(1, 16, 64)).run()
+    (label, record), = report.switches
+    assert record.config == {"fused_max_m": 16}
+    assert record.detail["buckets"] == [1, 16, 64]
+    assert record.detail["decode_us"] == [30.0, 30.0, 30.0]
+    assert record.detail["fused_us"] == pytest.approx([11.1, 26.1, 74.1])
+    assert switch_lookup("Fake A100", "sm_80", N, K, winners(TuningDB(tmp_path).read())) == \
+        (16, "exact")
+
+
+def test_switch_point_uses_the_tuned_decoder(tmp_path, built):
+    fake = FakeMeasurer(lambda op, cfg, m: 1.0 if cfg == {"warps_per_cta": 8,
+                                                          "strips_per_warp": 2} else 9.0)
+    tuner(tmp_path, fake, ms=(1,)).run()
+    assert [c for o, c, _ in fake.calls if o == "decode_path"] == [DecodeConfig(8, 2).as_dict()]
+
+
+def test_switch_point_needs_m_1(tmp_path, built):
+    report = tuner(tmp_path, ops=("zipgemm",), ms=(16, 64)).run()
+    assert not report.switches and "no --m 1" in report.notes[0]
+
+
+def test_k_not_multiple_of_8_tunes_the_decoder_only(tmp_path, built):
+    fake = FakeMeasurer()
+    t = search.Tuner(search.Options([("odd", 100, 100)], ms=(1,)), TARGET, TuningDB(tmp_path),
+                     measurer=fake)
+    t.run()
+    assert {op for op, _, _ in fake.calls} == {"decode"}

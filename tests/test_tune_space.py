@@ -1,0 +1,72 @@
+"""zipgen.tune.space and buckets: candidates enumerated, statically filtered, every rejection
+explained (CPU only)."""
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+
+from zipgen.codegen import ARCHES, DecodeConfig
+from zipgen.runtime.gemm import fused_config
+from zipgen.tune import M_BUCKETS, enumerate_space, m_bucket
+from zipgen.tune.space import VALUES, token_tiles_for
+
+
+@pytest.mark.parametrize("m,bucket", [(1, 1), (2, 8), (8, 8), (9, 16), (17, 32), (118, 128),
+                                      (256, 256), (257, 256), (100000, 256)])
+def test_m_bucket(m, bucket):
+    assert m_bucket(m) == bucket
+
+
+def test_m_bucket_rejects_zero():
+    with pytest.raises(ValueError):
+        m_bucket(0)
+
+
+@pytest.mark.parametrize("arch", list(ARCHES))
+@pytest.mark.parametrize("op,bucket", [("decode", None)] + [("zipgemm", b) for b in M_BUCKETS])
+def test_kept_configs_are_valid_and_rejected_ones_say_why(arch, op, bucket):
+    space = enumerate_space(op, arch, bucket)
+    assert space.valid, "an empty space cannot be searched"
+    assert len(space.valid) + len(space.rejected) == math.prod(map(len, VALUES[op].values()))
+    for cfg in space.valid:
+        assert cfg.problems(ARCHES[arch]) == []
+    for cfg, reasons in space.rejected:
+        assert reasons and all(isinstance(r, str) and r for r in reasons)
+    if op == "zipgemm":
+        tiles = {c.token_tiles for c in space.valid}
+        assert tiles == set(token_tiles_for(bucket)) and len(tiles) <= 2
+        assert all(8 * t >= bucket for t in tiles) or tiles == {8}
+
+
+def test_token_tiles_per_bucket():
+    assert [token_tiles_for(b) for b in M_BUCKETS] == [(1, 2), (1, 2), (2, 4), (4, 8), (8,),
+                                                       (8,), (8,)]
+
+
+def test_rejection_reasons_name_the_cause():
+    space = enumerate_space("zipgemm", "sm_80", 1)
+    reasons = {cfg: r for cfg, r in space.rejected}
+    too_big = next(c for c in reasons if c.token_tiles == 4)
+    assert any("mostly padding" in r and "M bucket 1" in r for r in reasons[too_big])
+    smem = next(c for c in reasons if c.warps_per_cta == 16 and c.token_tiles == 8)
+    assert any("shared memory" in r for r in reasons[smem])
+    odd = next(c for c in reasons if c.warps_per_cta == 2 and c.row_groups == 4)
+    assert any("row_groups" in r for r in reasons[odd])
+    few = enumerate_space("zipgemm", "sm_80", 128).rejected
+    assert any("decoding W again" in r for c, rs in few if c.token_tiles == 1 for r in rs)
+
+
+def test_defaults_are_in_their_space():
+    """The tuner enqueues the default first: it must be searchable."""
+    for arch, bucket in itertools.product(ARCHES, M_BUCKETS):
+        for n, k in [(4096, 4096), (28672, 4096), (4096, 14336)]:
+            assert fused_config(bucket, n, k) in enumerate_space("zipgemm", arch, bucket).valid
+        assert DecodeConfig() in enumerate_space("decode", arch).valid
+
+
+def test_fields_are_the_values_of_valid_configs():
+    space = enumerate_space("zipgemm", "sm_80", 128)
+    assert space.fields["token_tiles"] == (8,)
+    assert 16 not in space.fields["warps_per_cta"]  # 16 warps x 64 tokens overflow shared memory

@@ -1,0 +1,69 @@
+"""The candidate configurations per (op, arch, M bucket), statically filtered before the search so
+the searcher never proposes one that cannot run; each rejected one keeps its reasons."""
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+from ..codegen import OPS, arch_traits
+
+# The values the tuner tries per config field (a subset of what the configs accept: one-warp
+# fused CTAs never won a sweep, BENCHMARKS.md).
+VALUES: dict[str, dict[str, tuple[int, ...]]] = {
+    "zipgemm": {"warps_per_cta": (2, 4, 8, 16), "token_tiles": (1, 2, 4, 8),
+                "depth": (1, 2, 3, 4), "row_groups": (1, 2, 4)},
+    "decode": {"warps_per_cta": (1, 2, 4, 8, 16), "strips_per_warp": (1, 2, 4, 8)},
+}
+
+
+def token_tiles_for(m_bucket: int) -> tuple[int, ...]:
+    """Token tiles (8 tokens each) worth trying for M tokens: the two smallest that cover M in
+    one CTA along M; more tokens per CTA than that only compute padding."""
+    return tuple([t for t in VALUES["zipgemm"]["token_tiles"] if 8 * t >= m_bucket][:2]) or (8,)
+
+
+def _tiles_reason(tiles: int, useful: tuple[int, ...], m_bucket: int) -> str:
+    why = ("more CTAs along M, each decoding W again" if tiles < min(useful)
+           else "mostly padding")
+    return (f"token_tiles={tiles} ({8 * tiles} tokens per CTA) for M bucket {m_bucket}: {why} "
+            f"(tried: token_tiles {', '.join(map(str, useful))})")
+
+
+@dataclass(frozen=True)
+class Space:
+    op: str
+    arch: str
+    m_bucket: int | None
+    valid: tuple  # configs, in enumeration order
+    rejected: tuple  # (config, (reason, ...))
+
+    @property
+    def fields(self) -> dict[str, tuple]:
+        """Per field, the values that occur among the valid configs (for the TPE sampler)."""
+        names = VALUES[self.op]
+        return {f: tuple(v for v in names[f] if any(getattr(c, f) == v for c in self.valid))
+                for f in names}
+
+
+def planned_trials(space_size: int, trials: int) -> tuple[str, int]:
+    """(sampler, trials): brute force over a space that fits the budget, else TPE."""
+    return ("brute-force", space_size) if space_size <= trials else ("tpe", trials)
+
+
+def enumerate_space(op: str, arch: str, m_bucket: int | None = None) -> Space:
+    """Every candidate of VALUES[op] for `arch`, split into valid and rejected (with reasons).
+    For zipgemm, `m_bucket` also limits the token tiles (token_tiles_for)."""
+    traits = arch_traits(arch)
+    values = VALUES[op]
+    useful_tiles = token_tiles_for(m_bucket) if op == "zipgemm" and m_bucket else None
+    valid, rejected = [], []
+    for combo in itertools.product(*values.values()):
+        cfg = OPS[op](**dict(zip(values, combo)))
+        reasons = list(cfg.problems(traits))
+        if useful_tiles and cfg.token_tiles not in useful_tiles:
+            reasons.append(_tiles_reason(cfg.token_tiles, useful_tiles, m_bucket))
+        if reasons:
+            rejected.append((cfg, tuple(reasons)))
+        else:
+            valid.append(cfg)
+    return Space(op, arch, m_bucket, tuple(valid), tuple(rejected))
