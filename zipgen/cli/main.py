@@ -7,6 +7,7 @@ import sys
 from .. import __version__
 from ..errors import ZipgenError
 from . import bundle_cmd, checkpoint_cmds, gen_cmd, tune_cmd
+from . import bench_cmd
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -19,6 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen_cmd.add_parsers(sub)
     bundle_cmd.add_parsers(sub)
     tune_cmd.add_parsers(sub)
+    bench_cmd.add_parsers(sub)
     return parser
 
 

@@ -1,0 +1,228 @@
+"""zipgen.integrations.hf on the CPU: tiny Llama / Qwen2 / Mistral models saved with
+save_pretrained, compressed with `zipgen compress`, loaded with from_pretrained. On the CPU the
+compressed layers decode then call F.linear, so logits must equal the BF16 model's exactly."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+from zipgen.checkpoint import compress_checkpoint  # noqa: E402
+from zipgen.cli.main import main  # noqa: E402
+from zipgen.errors import FormatError, InputError  # noqa: E402
+from zipgen.integrations import hf, hf_bench  # noqa: E402
+from zipgen.nn import ZipLinear  # noqa: E402
+
+from conftest import assert_bit_exact  # noqa: E402
+
+TINY = dict(hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, vocab_size=1000)
+
+
+def save_tiny(folder: Path, config_cls, model_cls, seed=0, **overrides) -> Path:
+    """A tiny model with N(0, 0.02) BF16 weights (never zeros), saved like a hub folder."""
+    torch.manual_seed(seed)
+    model = model_cls(config_cls(**{**TINY, **overrides})).to(torch.bfloat16)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.02)
+    model.save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def llama(tmp_path_factory):
+    """(source folder, compressed folder) of the tiny Llama of the issue (untied lm_head)."""
+    root = tmp_path_factory.mktemp("llama")
+    src = save_tiny(root / "src", transformers.LlamaConfig, transformers.LlamaForCausalLM)
+    compress_checkpoint(src, root / "zg", progress=False)
+    return src, root / "zg"
+
+
+def reference(src):
+    return transformers.AutoModelForCausalLM.from_pretrained(src, dtype=torch.bfloat16).eval()
+
+
+def ids(batch=2, length=12, seed=3):
+    return torch.randint(0, TINY["vocab_size"], (batch, length),
+                         generator=torch.Generator().manual_seed(seed))
+
+
+def test_every_linear_is_compressed_and_decodes_bit_exactly(llama):
+    src, dst = llama
+    model = hf.from_pretrained(dst, device="cpu")
+    zips = {n: m for n, m in model.named_modules() if isinstance(m, ZipLinear)}
+    assert len(zips) == 2 * 7 + 1  # q k v o gate up down per layer + lm_head
+    assert "lm_head" in zips and not model.training
+    from safetensors.torch import load_file
+    original = load_file(src / "model.safetensors")
+    for name, zl in zips.items():
+        assert_bit_exact(zl.decompressed_weight(), original[name + ".weight"])
+    for name, t in model.state_dict().items():  # raw tensors too
+        if name in original:
+            assert torch.equal(t.view(torch.uint8), original[name].view(torch.uint8)), name
+
+
+def test_logits_and_greedy_tokens_equal_the_bf16_model(llama):
+    src, dst = llama
+    ref, model = reference(src), hf.from_pretrained(dst, device="cpu")
+    x = ids()
+    with torch.no_grad():
+        assert torch.equal(model(x).logits, ref(x).logits)
+    mask = torch.ones_like(x)
+    kwargs = dict(max_new_tokens=6, do_sample=False, attention_mask=mask)
+    assert torch.equal(model.generate(x, **kwargs), ref.generate(x, **kwargs))
+
+
+def test_weight_memory_shrinks(llama):
+    src, dst = llama
+    ref, model = reference(src), hf.from_pretrained(dst, device="cpu")
+    before, after = hf.weight_memory(ref), hf.weight_memory(model)
+    assert before.compressed == 0 and before.total == before.raw
+    assert after.ratio <= 0.75  # the linear layers: ~70 % of BF16 for Gaussian weights
+    assert after.total_as_bf16 == before.total
+    assert after.total < 0.8 * before.total  # embeddings and norms stay raw
+    assert "% of BF16" in str(after)
+
+
+def test_tied_embeddings_stay_tied(tmp_path):
+    src = save_tiny(tmp_path / "src", transformers.LlamaConfig, transformers.LlamaForCausalLM,
+                    tie_word_embeddings=True)
+    compress_checkpoint(src, tmp_path / "zg", progress=False)
+    model = hf.from_pretrained(tmp_path / "zg", device="cpu")
+    assert not isinstance(model.lm_head, ZipLinear)
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    with torch.no_grad():
+        assert torch.equal(model(ids()).logits, reference(src)(ids()).logits)
+
+
+@pytest.mark.parametrize("arch", ["Qwen2", "Mistral"])
+def test_other_llama_style_models_load_without_per_model_code(tmp_path, arch):
+    config_cls = getattr(transformers, f"{arch}Config")
+    model_cls = getattr(transformers, f"{arch}ForCausalLM")
+    src = save_tiny(tmp_path / "src", config_cls, model_cls)
+    compress_checkpoint(src, tmp_path / "zg", progress=False)
+    model = hf.from_pretrained(tmp_path / "zg", device="cpu")
+    assert type(model) is model_cls
+    zips = [m for m in model.modules() if isinstance(m, ZipLinear)]
+    assert len(zips) == 15
+    if arch == "Qwen2":  # q/k/v carry biases
+        assert sum(m.bias is not None for m in zips) == 6
+    with torch.no_grad():
+        assert torch.equal(model(ids()).logits, reference(src)(ids()).logits)
+
+
+def test_state_dict_round_trip_of_the_whole_model(llama):
+    _, dst = llama
+    model = hf.from_pretrained(dst, device="cpu")
+    again = hf.from_pretrained(dst, device="cpu")
+    for m in again.modules():  # scramble, then restore from the state dict
+        if isinstance(m, ZipLinear):
+            m.base = 0
+    again.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        assert torch.equal(again(ids()).logits, model(ids()).logits)
+
+
+def test_loader_errors(llama, tmp_path):
+    src, dst = llama
+    with pytest.raises(FormatError, match="zipgen.json"):
+        hf.from_pretrained(src, device="cpu")  # an uncompressed folder
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for f in dst.iterdir():
+        (broken / f.name).write_bytes(f.read_bytes())
+    config = json.loads((broken / "config.json").read_text())
+    config["intermediate_size"] = 768
+    (broken / "config.json").write_text(json.dumps(config))
+    with pytest.raises(InputError, match="wrong config.json"):
+        hf.from_pretrained(broken, device="cpu")
+    with pytest.raises(InputError, match="BF16"):
+        hf.from_pretrained(dst, device="cpu", dtype=torch.float16)
+    (broken / "config.json").unlink()
+    with pytest.raises(InputError, match="no config.json"):
+        hf.from_pretrained(broken, device="cpu")
+
+
+def test_bench_harness_matches_generate(llama):
+    _, dst = llama
+    model = hf.from_pretrained(dst, device="cpu")
+    runs = hf_bench.benchmark(model, "zipgen", batches=(1, 3), prompt_len=8, new_tokens=5,
+                              mode="eager", repeats=1)
+    assert [r.batch for r in runs] == [1, 3] and runs[1].tokens.shape == (3, 5)
+    prompt = hf_bench.prompts(model.config.vocab_size, 3, 8)
+    out = model.generate(prompt, max_new_tokens=5, do_sample=False,
+                         attention_mask=torch.ones_like(prompt))
+    assert torch.equal(runs[1].tokens, out[:, 8:])
+    assert hf_bench.agreement(runs[1].tokens, runs[1].tokens) == (1.0, 5.0)
+    flipped = runs[1].tokens.clone()
+    flipped[0, 2] += 1
+    assert hf_bench.agreement(runs[1].tokens, flipped) == pytest.approx((14 / 15, (2 + 5 + 5) / 3))
+    with pytest.raises(ValueError, match="needs a CUDA model"):
+        hf_bench.benchmark(model, "x", mode="graph")
+
+
+def test_decode_step_has_no_host_sync(llama):
+    """What a CUDA graph cannot capture: a step that reads a device value on the host. Seen on
+    the CPU as the aten ops behind .item() / bool() / nonzero (zipgen's ops are opaque here;
+    their CUDA kernels skip validation for this reason)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    aten = torch.ops.aten
+    syncing = {aten._local_scalar_dense.default, aten.nonzero.default, aten.is_nonzero.default,
+               aten.equal.default}
+
+    class Watch(TorchDispatchMode):
+        seen: list = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func in syncing:
+                self.seen.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    _, dst = llama
+    model = hf.from_pretrained(dst, device="cpu")
+    dec = hf_bench._Decoder(model, 2, 8, 4, "eager")
+    prompt = hf_bench.prompts(model.config.vocab_size, 2, 8)
+    dec.capture(prompt)
+    dec.prefill(prompt)
+    with Watch() as watch:
+        dec.step()
+    assert watch.seen == []
+
+
+def test_bench_model_cli_on_the_cpu(llama, tmp_path, capsys):
+    _, dst = llama
+    out = tmp_path / "bench.json"
+    assert main(["bench-model", str(dst), "--device", "cpu", "--mode", "eager", "--batches",
+                 "1,2", "--prompt", "8", "--new-tokens", "4", "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "greedy agree" in text and "100.0%" in text and "15 Linear layers compressed" in text
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["agreement"] for r in rows] == [1.0, 1.0]
+    assert rows[0]["compressed"]["weight_bytes"] < rows[0]["baseline"]["weight_bytes"]
+
+
+def test_e2e_benchmark_script_on_a_shrunk_model(monkeypatch, capsys, tmp_path):
+    """benchmarks/e2e.py's whole flow on the CPU, with the 8B config shrunk to the tiny one."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "e2e.py"
+    spec = importlib.util.spec_from_file_location("e2e_bench", path)
+    e2e = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(e2e)
+    monkeypatch.setattr(e2e, "LLAMA_31_8B", {**e2e.LLAMA_31_8B, **TINY, "head_dim": 64})
+    model = e2e.build_model(1, device="cpu")
+    assert model.model.embed_tokens.weight.std().item() == pytest.approx(0.010, rel=0.1)
+    assert model.model.layers[0].self_attn.k_proj.weight.std().item() == pytest.approx(0.030, rel=0.1)
+    assert torch.equal(model.model.norm.weight, torch.ones(256, dtype=torch.bfloat16))
+    out = tmp_path / "e2e.json"
+    e2e.main(["--layers", "1", "--device", "cpu", "--mode", "eager", "--batches", "1,2",
+              "--prompt", "4", "--new-tokens", "3", "--json", str(out)])
+    text = capsys.readouterr().out
+    assert "synthetic" in text and "8 Linear layers compressed" in text and "100.0%" in text
+    assert [r["agreement"] for r in json.loads(out.read_text())["rows"]] == [1.0, 1.0]

@@ -1,0 +1,2 @@
+"""Integrations with other libraries. Each submodule imports its library only when used:
+zipgen.integrations.hf (Hugging Face transformers)."""

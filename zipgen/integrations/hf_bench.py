@@ -1,0 +1,226 @@
+"""End-to-end decode benchmark of a transformers causal LM: one harness for the BF16 model and
+its compressed twin (benchmarks/e2e.py, `zipgen bench-model`).
+
+Per batch size: a random prompt (same tokens for both models), prefill into a static KV cache,
+then greedy decoding where one decode step (forward + argmax + bookkeeping) is replayed from a
+CUDA graph (graphs="graph"), run through torch.compile(mode="reduce-overhead") ("compile"), or
+run eagerly ("eager", also the CPU mode used by the tests). Times are wall clock around the
+decode loop after a synchronise; memory is torch.cuda's peak allocation during the run.
+"""
+from __future__ import annotations
+
+import datetime
+import inspect
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from ..errors import InputError
+from ..report import human_bytes, table
+from ..nn import ops
+from ..nn.linear import ZipLinear
+from .hf import weight_memory
+
+MODES = ("graph", "compile", "eager")
+PATHS = {"auto": ops.AUTO, "fused": ops.FUSED, "decode": ops.DECODE}
+
+
+@dataclass
+class DecodeRun:
+    label: str
+    batch: int
+    prompt: int
+    new_tokens: int
+    prefill_ms: float
+    ms_per_step: float  # one decode step = one new token for every sequence of the batch
+    tokens_per_s: float
+    weight_bytes: int
+    peak_bytes: int  # 0 on the CPU
+    tokens: torch.Tensor = field(repr=False)  # [batch, new_tokens], greedy, on the CPU
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d.pop("tokens")
+        return d
+
+
+def _sync(device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
+class _Decoder:
+    """Static buffers around one model and batch size: the KV cache, the current token and
+    position, the generated tokens. step() touches only these, so it can be captured."""
+
+    def __init__(self, model, batch: int, prompt_len: int, new_tokens: int, mode: str):
+        from transformers import StaticCache
+
+        self.model, self.mode, self.batch = model, mode, batch
+        device = self.device = model.device
+        # +2: the warm-up steps before capture write two positions past the prompt
+        self.cache = StaticCache(config=model.config, max_cache_len=prompt_len + new_tokens + 2)
+        params = inspect.signature(model.forward).parameters
+        # transformers renamed past_key_values to cache (5.17 has the first, 5.24 the second)
+        self.kwargs = {"cache" if "cache" in params else "past_key_values": self.cache,
+                       "use_cache": True}
+        self.keep = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
+        self.ids = torch.zeros(batch, 1, dtype=torch.long, device=device)
+        self.pos = torch.zeros(batch, 1, dtype=torch.long, device=device)
+        self.index = torch.zeros(1, dtype=torch.long, device=device)
+        self.new_tokens = new_tokens
+        # +2 columns for the warm-up steps too
+        self.tokens = torch.zeros(batch, new_tokens + 2, dtype=torch.long, device=device)
+        self.forward = model.forward
+        if mode == "compile":
+            self.forward = torch.compile(model.forward, mode="reduce-overhead", fullgraph=False)
+        self.graph = None
+
+    @torch.no_grad()
+    def prefill(self, prompt: torch.Tensor) -> None:
+        self.cache.reset()  # in place: the graph keeps pointing at the same cache tensors
+        n = prompt.shape[1]
+        pos = torch.arange(n, device=self.device).expand(self.batch, n)
+        logits = self.model(input_ids=prompt, position_ids=pos, **self.kwargs, **self.keep).logits
+        self.ids.copy_(logits[:, -1:].argmax(-1))
+        self.pos.fill_(n)
+        self.tokens[:, :1] = self.ids
+        self.index.fill_(1)
+
+    @torch.no_grad()
+    def step(self) -> None:
+        if self.mode == "compile":
+            torch.compiler.cudagraph_mark_step_begin()
+        logits = self.forward(input_ids=self.ids, position_ids=self.pos, **self.kwargs).logits
+        self.ids.copy_(logits[:, -1:].argmax(-1))
+        self.pos.add_(1)
+        self.tokens.index_copy_(1, self.index, self.ids)
+        self.index.add_(1)
+
+    def capture(self, prompt: torch.Tensor) -> None:
+        """Warm up (kernels built, lazy allocations made), then capture one step."""
+        self.prefill(prompt)
+        if self.mode != "graph":
+            for _ in range(2):
+                self.step()
+            return
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                self.step()
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.step()
+
+    def run(self, prompt: torch.Tensor) -> tuple[torch.Tensor, float, float]:
+        """(tokens, prefill seconds, decode seconds) of one greedy generation."""
+        t0 = _sync(self.device)
+        self.prefill(prompt)
+        t1 = _sync(self.device)
+        for _ in range(self.new_tokens - 1):
+            self.graph.replay() if self.graph is not None else self.step()
+        t2 = _sync(self.device)
+        return self.tokens[:, :self.new_tokens].cpu(), t1 - t0, t2 - t1
+
+
+def prompts(vocab_size: int, batch: int, length: int, seed: int = 0) -> torch.Tensor:
+    """Random token ids (the same for every model given the same arguments)."""
+    g = torch.Generator().manual_seed(seed + batch)
+    return torch.randint(0, vocab_size, (batch, length), generator=g)
+
+
+def benchmark(model, label: str, batches=(1, 8, 32), prompt_len: int = 128,
+              new_tokens: int = 256, mode: str = "graph", repeats: int = 2) -> list[DecodeRun]:
+    """Greedy decoding of `new_tokens` after a `prompt_len` prompt at each batch size; the best
+    of `repeats` timed runs (all give the same tokens)."""
+    if mode not in MODES:
+        raise InputError(f"mode must be one of {MODES}, got {mode!r}")
+    if new_tokens < 2:
+        raise InputError("new_tokens must be at least 2 (one from the prefill, one decoded)")
+    device = model.device
+    if device.type != "cuda" and mode != "eager":
+        raise InputError(f"mode {mode!r} needs a CUDA model; use mode 'eager' on {device}")
+    weights = weight_memory(model).total
+    runs = []
+    for batch in batches:
+        prompt = prompts(model.config.vocab_size, batch, prompt_len).to(device)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(device)
+        dec = _Decoder(model, batch, prompt_len, new_tokens, mode)
+        dec.capture(prompt)
+        results = [dec.run(prompt) for _ in range(repeats)]
+        tokens, prefill_s, _ = results[0]
+        decode_s = min(r[2] for r in results)
+        steps = new_tokens - 1
+        peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else 0
+        runs.append(DecodeRun(label, batch, prompt_len, new_tokens, 1000 * prefill_s,
+                              1000 * decode_s / steps, batch * steps / decode_s, weights, peak,
+                              tokens))
+        del dec
+    return runs
+
+
+def agreement(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
+    """(share of positions where the greedy tokens agree, mean index of the first difference
+    per sequence, counting a sequence without difference as its length)."""
+    same = a == b
+    first = torch.where(same.all(1), torch.full_like(same[:, 0], a.shape[1], dtype=torch.long),
+                        (~same).long().argmax(1))
+    return float(same.float().mean()), float(first.float().mean())
+
+
+def describe(device: torch.device) -> str:
+    import transformers
+
+    card = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    return (f"# card: {card}; torch {torch.__version__}, transformers {transformers.__version__}\n"
+            f"# date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}\n"
+            f"# command: {' '.join(sys.argv)}")
+
+
+def report(baseline: list[DecodeRun], compressed: list[DecodeRun]) -> tuple[str, list[dict]]:
+    """A table comparing the two, and the rows as dicts (for --json)."""
+    rows, out = [], []
+    for b, c in zip(baseline, compressed):
+        agree, first = agreement(b.tokens, c.tokens)
+        rows.append([c.batch, f"{b.tokens_per_s:.1f}", f"{c.tokens_per_s:.1f}",
+                     f"{c.tokens_per_s / b.tokens_per_s:.3f}", f"{b.ms_per_step:.3f}",
+                     f"{c.ms_per_step:.3f}", human_bytes(b.weight_bytes),
+                     human_bytes(c.weight_bytes), human_bytes(b.peak_bytes),
+                     human_bytes(c.peak_bytes), f"{100 * agree:.1f}%", f"{first:.1f}"])
+        out.append({"baseline": b.as_dict(), "compressed": c.as_dict(), "agreement": agree,
+                    "first_difference": first})
+    text = table(["batch", "BF16 tok/s", "zipgen tok/s", "speedup", "BF16 ms/step",
+                  "zipgen ms/step", "BF16 weights", "zipgen weights", "BF16 peak",
+                  "zipgen peak", "greedy agree", "1st diff"], rows, align="r" * 12)
+    return text, out
+
+
+def set_gemm_path(model, path: str) -> None:
+    """Make every ZipLinear use the automatic choice, the fused kernel or decode + cuBLAS."""
+    for m in model.modules():
+        if isinstance(m, ZipLinear):
+            m.fused = PATHS[path]
+
+
+def compare(model, to_compressed, *, batches=(1, 8, 32), prompt_len=128, new_tokens=256,
+            mode="graph", path="auto", log=print) -> tuple[str, list[dict]]:
+    """Benchmark the BF16 `model`, convert it in place with to_compressed(model) (returns a
+    one-line summary), benchmark it again with the same harness; (table, rows)."""
+    log(f"# BF16: {weight_memory(model)}")
+    baseline = benchmark(model, "bf16", batches, prompt_len, new_tokens, mode)
+    started = time.perf_counter()
+    summary = to_compressed(model)
+    log(f"# compressed in {time.perf_counter() - started:.1f} s: {summary}")
+    if model.device.type == "cuda":
+        torch.cuda.empty_cache()  # the BF16 weights' blocks go back before peaks are measured
+    set_gemm_path(model, path)
+    log(f"# zipgen ({path} GEMM path): {weight_memory(model)}")
+    compressed = benchmark(model, "zipgen", batches, prompt_len, new_tokens, mode)
+    return report(baseline, compressed)
