@@ -87,8 +87,8 @@ def gemm(x: torch.Tensor, w: CompressedTensor, bias: torch.Tensor | None = None,
     _check(x, w, bias, out)
     n, k = w.shape
     x2 = x.reshape(-1, k)
-    if not x2.is_contiguous() or x2.data_ptr() % 16:
-        x2 = x2.contiguous()
+    if not x2.is_contiguous() or x2.data_ptr() % 16:  # a fresh copy is contiguous and aligned
+        x2 = x2.clone(memory_format=torch.contiguous_format)
     m = x2.shape[0]
     y = out if out is not None else torch.empty(tuple(x.shape[:-1]) + (n,), dtype=torch.bfloat16,
                                                 device=x.device)
