@@ -188,3 +188,14 @@ def test_bad_arguments():
         args = dict(x=x, w=ct) | kwargs
         with pytest.raises(zipgen.InputError, match=match):
             gemm(**args)
+
+
+def test_misaligned_and_strided_inputs():
+    w, ct = make(256, 512)
+    for fused in (True, False):
+        base = activations(1, 5 * 512 + 1).view(-1)
+        x = base[1:].view(5, 512)  # contiguous but 2 bytes off any 16-byte boundary
+        assert x.data_ptr() % 16
+        assert_close(gemm(x, ct, fused=fused), reference(x, w))
+        xt = activations(512, 5).t()  # a transposed (non-contiguous) view
+        assert_close(gemm(xt, ct, fused=fused), reference(xt, w))
