@@ -102,10 +102,10 @@ def _sm_to_lane_order(x: torch.Tensor) -> torch.Tensor:
     return x.view(-1, 2, LANES, 16).transpose(1, 2).reshape(-1)
 
 
-# Rows per chunk on the CPU: ~1 MB of BF16 per chunk keeps every intermediate in the L2 cache,
+# Rows per chunk on the CPU: ~2 MB of BF16 per chunk keeps the intermediates near the L2 cache,
 # and two threads work on different chunks (torch ops release the GIL). Matrices under a few
 # chunks are done in one piece: there the hand-off costs more than the second core gains.
-_CPU_CHUNK_ELEMS = 1 << 19
+_CPU_CHUNK_ELEMS = 1 << 20
 _MIN_CHUNKS_FOR_THREADS = 4
 _pool: ThreadPoolExecutor | None = None
 
