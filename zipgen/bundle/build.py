@@ -18,6 +18,7 @@ from .. import FORMAT_VERSION, __version__
 from ..codegen import OPS, arch_traits, build_kernel, default_config
 from ..codegen.render import RenderedKernel
 from ..compile import nvrtc_version
+from ..compile.cuobjdump import find_cuobjdump, resource_usage
 from ..errors import InputError
 from .manifest import MANIFEST_NAME, SCHEMA_VERSION, KernelEntry, Manifest
 from .verify import current_headers_sha256, sha256, verify_bundle
@@ -152,7 +153,6 @@ def build_bundle(arches, db=None, out=None, *, overwrite: bool = False) -> Build
     """Compile the bundle for `arches` (plus the winners of the tuning database `db`) into OUT:
     OUT/<arch>/<kernel_name>.cubin and OUT/bundle.json. An existing OUT (a bundle) is replaced
     only with overwrite=True."""
-    from ..cli.gen_cmd import _cuobjdump, resource_usage  # one reader of cuobjdump's output
 
     if out is None:
         raise InputError("build_bundle needs out=DIR")
@@ -165,7 +165,7 @@ def build_bundle(arches, db=None, out=None, *, overwrite: bool = False) -> Build
     _check_out(out, overwrite)
     winners, notes = read_winners(db) if db is not None else ([], [])
     jobs = plan(arches, winners, notes)
-    tool = _cuobjdump()
+    tool = find_cuobjdump()
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.building-"))
     try:

@@ -4,11 +4,11 @@ It is the last file written into a folder, so a folder without it is not a check
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..errors import FormatError
+from ..fileio import write_atomic
 from ..format import FORMAT_VERSION
 
 MANIFEST_NAME = "zipgen.json"
@@ -40,10 +40,8 @@ class Manifest:
     format_version: int = FORMAT_VERSION
 
     def write(self, folder: Path) -> None:
-        data = asdict(self)
-        tmp = folder / (MANIFEST_NAME + ".tmp")
-        tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
-        os.replace(tmp, folder / MANIFEST_NAME)
+        text = json.dumps(asdict(self), indent=1, sort_keys=True) + "\n"
+        write_atomic(folder / MANIFEST_NAME, text.encode())
 
     @classmethod
     def read(cls, folder: Path) -> "Manifest":

@@ -5,16 +5,13 @@
 """
 from __future__ import annotations
 
-import contextlib
-import os
-import re
-import subprocess
-import tempfile
 import time
 from pathlib import Path
 
 from ..codegen import ARCHES, DEFAULT_ARCHES, OPS, arch_traits, build_kernel, default_config, render
+from ..compile.cuobjdump import find_cuobjdump, resource_usage
 from ..errors import InputError
+from ..fileio import write_atomic
 from ..report import table
 
 
@@ -36,56 +33,16 @@ def _unique(items) -> list[str]:
     return list(dict.fromkeys(items))
 
 
-def write_atomic(path: Path, data: bytes) -> bool:
-    """Write `data` to `path` through a temp file in the same folder and os.replace; returns
-    False (and leaves the file alone) when it already holds exactly `data`."""
+def write_if_changed(path: Path, data: bytes) -> bool:
+    """Write `data` atomically; returns False (and leaves the file alone) when it already
+    holds exactly `data`."""
     try:
         if path.read_bytes() == data:
             return False
     except FileNotFoundError:
         pass
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    write_atomic(path, data)
     return True
-
-
-def _cuobjdump() -> str | None:
-    try:
-        from cuda.pathfinder import find_nvidia_binary_utility
-        return find_nvidia_binary_utility("cuobjdump")
-    except Exception:  # pathfinder missing or too old: the columns are optional
-        return None
-
-
-_FUNCTION = re.compile(r"^\s*Function\s+(\S+?):?\s*$")
-_FIELD = re.compile(r"([A-Z]+(?:\[\d+\])?):(\d+)")
-
-
-def resource_usage(tool: str, cubin_path: Path) -> dict[str, dict[str, int]]:
-    """{kernel: {"REG": .., "STACK": .., "SHARED": .., "LOCAL": .., ...}} from
-    `cuobjdump --dump-resource-usage` (no GPU needed); empty when the tool fails."""
-    try:
-        out = subprocess.run([tool, "--dump-resource-usage", str(cubin_path)], capture_output=True,
-                             text=True, timeout=60, check=True).stdout
-    except (OSError, subprocess.SubprocessError):
-        return {}
-    usage: dict[str, dict[str, int]] = {}
-    current = None
-    for line in out.splitlines():
-        if m := _FUNCTION.match(line):
-            current = m.group(1)
-        elif current is not None and (fields := _FIELD.findall(line)):
-            usage[current] = {k: int(v) for k, v in fields}
-            current = None
-    return usage
 
 
 def cmd_gen(args) -> int:
@@ -98,12 +55,12 @@ def cmd_gen(args) -> int:
     jobs = [(op, arch, default_config(op, traits[arch])) for arch in arches for op in ops]
     rendered = [render(op, arch, cfg) for op, arch, cfg in jobs]  # InputError for a bad default
 
-    tool = _cuobjdump() if args.cubin else None
+    tool = find_cuobjdump() if args.cubin else None
     rows, written = [], 0
     for (op, arch, cfg), kernel in zip(jobs, rendered):
         folder = args.out / arch
         src_path = folder / kernel.file_name
-        changed = write_atomic(src_path, kernel.source.encode())
+        changed = write_if_changed(src_path, kernel.source.encode())
         written += changed
         row = [kernel.kernel_name, op, arch, "written" if changed else "unchanged"]
         if args.cubin:
@@ -111,7 +68,7 @@ def cmd_gen(args) -> int:
             built = build_kernel(op, arch, cfg)
             seconds = time.perf_counter() - start
             cubin_path = folder / (kernel.kernel_name + ".cubin")
-            written += write_atomic(cubin_path, built.cubin)
+            written += write_if_changed(cubin_path, built.cubin)
             row += [f"{1000 * seconds:.0f}", "yes" if built.entry.hit else "no"]
             if tool:
                 use = resource_usage(tool, cubin_path).get(kernel.kernel_name, {})

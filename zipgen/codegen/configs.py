@@ -7,8 +7,18 @@ from dataclasses import asdict, dataclass, fields
 from .arch import ArchTraits
 
 
+class _Config:
+    """What every kernel configuration dataclass shares."""
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def describe(self) -> str:
+        return " ".join(f"{f.name}={getattr(self, f.name)}" for f in fields(self))
+
+
 @dataclass(frozen=True)
-class DecodeConfig:
+class DecodeConfig(_Config):
     """The standalone decoder: warps per CTA and strips (16x64 weights) each warp decodes."""
 
     warps_per_cta: int = 4  # 4 x 1 was the fastest of all 16 on an H200 (BENCHMARKS.md)
@@ -40,19 +50,13 @@ class DecodeConfig:
     def kernel_name(self, arch: ArchTraits) -> str:
         return f"zipgen_decode_{arch.short}_w{self.warps_per_cta}_s{self.strips_per_warp}"
 
-    def as_dict(self) -> dict:
-        return asdict(self)
-
-    def describe(self) -> str:
-        return " ".join(f"{f.name}={getattr(self, f.name)}" for f in fields(self))
-
     def grid(self, num_strips: int) -> int:
         per_cta = self.warps_per_cta * self.strips_per_warp
         return -(-num_strips // per_cta)
 
 
 @dataclass(frozen=True)
-class ZipGemmConfig:
+class ZipGemmConfig(_Config):
     """The fused GEMM: a CTA computes row_groups * 16 rows of y for token_tiles * 8 tokens; the
     warps_per_cta / row_groups warps of each row group split its K; each warp keeps `depth`
     strips of loads in flight."""
@@ -97,12 +101,6 @@ class ZipGemmConfig:
     def kernel_name(self, arch: ArchTraits) -> str:
         return (f"zipgemm_{arch.short}_r{16 * self.row_groups}_t{self.tokens}"
                 f"_w{self.warps_per_cta}_d{self.depth}")
-
-    def as_dict(self) -> dict:
-        return asdict(self)
-
-    def describe(self) -> str:
-        return " ".join(f"{f.name}={getattr(self, f.name)}" for f in fields(self))
 
     def grid(self, n: int, m: int) -> tuple[int, int]:
         return (-(-n // (16 * self.row_groups)), -(-m // self.tokens))

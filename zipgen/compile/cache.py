@@ -5,12 +5,9 @@ sha256, size and creation time). Files are replaced atomically, so readers need 
 only makes a second process wait for the first one's compile instead of repeating it. Any entry that does
 not check out (sidecar missing or unreadable, size or sha256 off) is a miss and gets rewritten.
 """
-import contextlib
 import hashlib
 import json
 import logging
-import os
-import tempfile
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -20,6 +17,7 @@ from filelock import FileLock, Timeout
 
 from .. import __version__
 from ..errors import InputError, ZipgenError
+from ..fileio import write_atomic  # no fsync: a torn cubin fails its sha256 check and is recompiled
 from .elf import ELF_MAGIC
 from .key import CacheKey, cache_key
 from .nvrtc import as_tuple, compile_cubin
@@ -71,8 +69,8 @@ class CubinCache:
         sidecar = {**(meta or {}), "key": key.digest, "inputs": dict(key.inputs),
                    "cubin_sha256": hashlib.sha256(cubin).hexdigest(), "cubin_size": len(cubin),
                    "created": time.time()}
-        _write_atomic(path, cubin)
-        _write_atomic(path.with_suffix(".json"), json.dumps(sidecar, indent=1, sort_keys=True).encode())
+        write_atomic(path, cubin)
+        write_atomic(path.with_suffix(".json"), json.dumps(sidecar, indent=1, sort_keys=True).encode())
         return path
 
     def lock(self, key: CacheKey, timeout: float = LOCK_TIMEOUT_S) -> FileLock:
@@ -118,19 +116,3 @@ def _problem(key: CacheKey, cubin: bytes, sidecar_path: Path) -> str | None:
     if sidecar.get("cubin_sha256") != hashlib.sha256(cubin).hexdigest():
         return "cubin sha256 differs from the sidecar's"
     return None
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write to a temp file in the same folder, then rename over `path` (atomic on POSIX).
-
-    No fsync: after a crash a torn file fails the sha256 check and is simply recompiled.
-    """
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
