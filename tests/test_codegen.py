@@ -159,6 +159,10 @@ def test_default_kernel_sass_has_every_stage(built, op, tmp_path):
     tool = _cuobjdump()
     if tool is None:
         pytest.skip("cuobjdump not found (pip install nvidia-cuda-cuobjdump)")
+    from cuda.pathfinder import find_nvidia_binary_utility
+    if find_nvidia_binary_utility("nvdisasm") is None:
+        pytest.skip("nvdisasm, which cuobjdump --dump-sass runs, not found "
+                    "(pip install nvidia-cuda-nvdisasm)")
     kernel = built[op, "sm_90"]
     path = tmp_path / f"{kernel.kernel_name}.cubin"
     path.write_bytes(kernel.cubin)
