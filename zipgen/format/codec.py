@@ -216,9 +216,10 @@ def decompress_reference(ct: CompressedTensor) -> torch.Tensor:
         exponent = _to_element_order(exponent)
         sign_mantissa = _sm_to_lane_order(
             ct.sign_mantissa[s0 * STRIP_ELEMS:s1 * STRIP_ELEMS]).view(exponent.shape)
-        hi = (sign_mantissa & 0x80) | (exponent >> 1)
-        lo = (exponent << 7) | (sign_mantissa & 0x7F)
-        lane = torch.stack([lo, hi], dim=-1).view(torch.int16).view(-1)  # little-endian pairs
+        # sign << 15 | exponent << 7 | mantissa, in int16 (faster than assembling byte pairs)
+        sm16 = sign_mantissa.to(torch.int16)
+        lane = ((sm16 & 0x80) << 8) | (exponent.to(torch.int16) << 7) | (sm16 & 0x7F)
+        lane = lane.reshape(-1)
         rows = from_lane_order(lane, r1 - r0, kp)
         last = min(r1, n)
         if last > r0:
