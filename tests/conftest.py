@@ -55,3 +55,24 @@ def minilm_bf16() -> dict[str, torch.Tensor]:
 requires_gpu = pytest.mark.skipif(
     not torch.cuda.is_available(),
     reason="needs a CUDA GPU; run on the GPU machine (see README, 'GPU tests')")
+
+
+@pytest.fixture
+def cubin_cache_dir(tmp_path, monkeypatch) -> Path:
+    """A cubin cache of the test's own ($ZIPGEN_CACHE_DIR), so no test touches the home folder."""
+    root = tmp_path / "zipgen-cache"
+    monkeypatch.setenv("ZIPGEN_CACHE_DIR", str(root))
+    return root
+
+
+@pytest.fixture
+def isolated_bundles(cubin_cache_dir, monkeypatch):
+    """No bundle from the environment or an install, and a fresh bundle loader."""
+    from zipgen.bundle import loader
+
+    monkeypatch.delenv(loader.ENV_BUNDLE_DIR, raising=False)
+    monkeypatch.delenv(loader.ENV_DISABLE_JIT, raising=False)
+    monkeypatch.setattr(loader, "search_path", [])
+    loader.clear_cache()
+    yield
+    loader.clear_cache()

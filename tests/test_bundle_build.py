@@ -54,15 +54,8 @@ HAS_TUNER = build_module._tuner() is not None
 
 
 @pytest.fixture(autouse=True)
-def isolated(tmp_path, monkeypatch):
-    """Own cubin cache per test, no bundle from the environment or an install."""
-    monkeypatch.setenv("ZIPGEN_CACHE_DIR", str(tmp_path / "zipgen-cache"))
-    monkeypatch.delenv(loader.ENV_BUNDLE_DIR, raising=False)
-    monkeypatch.delenv(loader.ENV_DISABLE_JIT, raising=False)
-    monkeypatch.setattr(loader, "search_path", [])
-    loader.clear_cache()
-    yield
-    loader.clear_cache()
+def isolated(isolated_bundles):
+    """Own cubin cache per test, no bundle from the environment or an install (conftest)."""
 
 
 @pytest.fixture(scope="module")

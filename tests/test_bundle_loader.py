@@ -44,14 +44,8 @@ def make_bundle(root: Path, kernels, tag: bytes, cubin_arch=None, **manifest_fie
 
 
 @pytest.fixture(autouse=True)
-def isolated(tmp_path, monkeypatch):
-    monkeypatch.setenv("ZIPGEN_CACHE_DIR", str(tmp_path / "zipgen-cache"))
-    monkeypatch.delenv(loader.ENV_BUNDLE_DIR, raising=False)
-    monkeypatch.delenv(loader.ENV_DISABLE_JIT, raising=False)
-    monkeypatch.setattr(loader, "search_path", [])
-    loader.clear_cache()
-    yield
-    loader.clear_cache()
+def isolated(isolated_bundles):
+    """Own cubin cache per test, no bundle from the environment or an install (conftest)."""
 
 
 @pytest.fixture

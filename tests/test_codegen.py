@@ -29,11 +29,9 @@ COMPILE_CASES = [(op, arch) for op in OPS for arch in COMPILE_ARCHES]
 
 
 @pytest.fixture(autouse=True)
-def cache_dir(tmp_path, monkeypatch) -> Path:
-    """Every test gets its own cubin cache, so none reads or writes the home folder."""
-    root = tmp_path / "zipgen-cache"
-    monkeypatch.setenv("ZIPGEN_CACHE_DIR", str(root))
-    return root
+def cache_dir(cubin_cache_dir) -> Path:
+    """Every test gets its own cubin cache (conftest.cubin_cache_dir)."""
+    return cubin_cache_dir
 
 
 @pytest.fixture(scope="module")

@@ -38,11 +38,9 @@ extern "C" __global__ void zipgen_mma_probe(const __nv_bfloat162* a, const __nv_
 
 
 @pytest.fixture(autouse=True)
-def cache_dir(tmp_path, monkeypatch) -> Path:
-    """Every test gets its own cache root, so none reads or writes the home folder."""
-    root = tmp_path / "zipgen-cache"
-    monkeypatch.setenv("ZIPGEN_CACHE_DIR", str(root))
-    return root
+def cache_dir(cubin_cache_dir) -> Path:
+    """Every test gets its own cubin cache (conftest.cubin_cache_dir)."""
+    return cubin_cache_dir
 
 
 @pytest.fixture(scope="module")
