@@ -99,3 +99,18 @@ def test_corrupt_planes_detected(weights):
     planes[0, :, 0] = 0  # every element of lane 0 becomes a fallback
     with pytest.raises(FormatError, match="corrupt"):
         zipgen.decompress(replace(ct, planes=planes))
+
+
+def test_trusted_wraps_streams_without_validating(weights):
+    """CompressedTensor.trusted (the custom op's path, which must not sync with the host)
+    builds the same tensor as the validating constructor."""
+    ct = zipgen.compress(weights)
+    same = zipgen.CompressedTensor.trusted(ct.shape, ct.base, **ct.streams())
+    assert same.shape == ct.shape and same.base == ct.base
+    assert same.format_version == ct.format_version
+    for name, t in ct.streams().items():
+        assert getattr(same, name) is t
+    assert_bit_exact(zipgen.decompress(same), weights)
+    from zipgen.nn.ops import unchecked
+    op_view = unchecked(*ct.shape, ct.base, *ct.streams().values())
+    assert_bit_exact(zipgen.decompress(op_view), weights)

@@ -34,6 +34,16 @@ class CompressedTensor:
     def __post_init__(self):
         self.validate()
 
+    @classmethod
+    def trusted(cls, shape: tuple[int, int], base: int, **streams) -> "CompressedTensor":
+        """Wrap streams that were validated before, without validate(): it reads
+        fallback_offsets[-1], a device-to-host copy that breaks CUDA graph capture."""
+        ct = object.__new__(cls)
+        for name, value in dict(shape=tuple(shape), base=base, format_version=FORMAT_VERSION,
+                                **streams).items():
+            object.__setattr__(ct, name, value)  # the dataclass is frozen
+        return ct
+
     # --- sizes and statistics -------------------------------------------------------------
     @property
     def num_strips(self) -> int:

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import InputError
-from ..format import FORMAT_VERSION, CompressedTensor, decompress_reference
+from ..format import CompressedTensor, decompress_reference
 from ..format.tensor import STREAMS
 
 # Values of the GEMM op's `fused` argument (an int keeps the schema plain):
@@ -24,16 +24,11 @@ AUTO, FUSED, DECODE = -1, 1, 0
 
 def unchecked(n: int, k: int, base: int, sign_mantissa, planes, fallback_exponents,
               fallback_offsets) -> CompressedTensor:
-    """A CompressedTensor around the streams *without* validate(): validate() reads
-    fallback_offsets[-1], a device-to-host copy that would break CUDA graph capture. The
-    streams were validated when their ZipLinear was built or loaded."""
-    ct = object.__new__(CompressedTensor)
-    fields = dict(shape=(n, k), base=base, sign_mantissa=sign_mantissa, planes=planes,
-                  fallback_exponents=fallback_exponents, fallback_offsets=fallback_offsets,
-                  format_version=FORMAT_VERSION)
-    for name, value in fields.items():
-        object.__setattr__(ct, name, value)  # the dataclass is frozen
-    return ct
+    """The op's streams as a CompressedTensor, without validation (CompressedTensor.trusted):
+    they were validated when their ZipLinear was built or loaded."""
+    return CompressedTensor.trusted((n, k), base, sign_mantissa=sign_mantissa, planes=planes,
+                                    fallback_exponents=fallback_exponents,
+                                    fallback_offsets=fallback_offsets)
 
 
 def check_input(x: torch.Tensor, n: int, k: int, bias) -> None:
