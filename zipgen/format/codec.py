@@ -127,6 +127,16 @@ def _map_chunks(fn, chunks, device):
     return [fn(c) for c in chunks]
 
 
+def _histogram(bits: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """The exponent histogram, per row chunk on the pool for large CPU matrices."""
+    n, k = bits.shape
+    if device.type != "cpu" or n * k < _MIN_CHUNKS_FOR_THREADS * _CPU_CHUNK_ELEMS:
+        return exponent_histogram(bits)
+    rows = max(1, _CPU_CHUNK_ELEMS // k)
+    chunks = [(r, min(r + rows, n)) for r in range(0, n, rows)]
+    return sum(_map_chunks(lambda c: exponent_histogram(bits[c[0]:c[1]]), chunks, device))
+
+
 def _padded_rows(bits: torch.Tensor, r0: int, r1: int, kp: int, fill: int) -> torch.Tensor:
     """Rows r0..r1 of the matrix padded to [r1 - r0, Kp] with `fill` (FORMAT.md §3)."""
     n, k = bits.shape
@@ -144,7 +154,7 @@ def compress(w: torch.Tensor, name: str = "tensor") -> CompressedTensor:
     n, k = w.shape
     device = w.device
     bits = w.contiguous().view(torch.int16)
-    window = best_window(exponent_histogram(bits))
+    window = best_window(_histogram(bits, device))
     lo = window.lo
     np_, kp = padded_shape(n, k)
     strips_per_row_group = kp // 64
