@@ -7,6 +7,7 @@ on the CPU and, unchanged, on a CUDA device. Bytes are handled as uint8 where po
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from functools import lru_cache
 
 import torch
 
@@ -47,6 +48,7 @@ def _pack_planes(codes_lane: torch.Tensor) -> torch.Tensor:
     return plane_bytes.view(torch.int32).view(s, PLANES, LANES)
 
 
+@lru_cache(maxsize=None)  # one per device: built once, not per chunk of every call
 def _spread_table(device) -> torch.Tensor:
     """int64 [256]: bit j of the index moved to bit 8j (byte j = 0 or 1)."""
     idx = torch.arange(256, dtype=torch.int64)
@@ -56,6 +58,7 @@ def _spread_table(device) -> torch.Tensor:
     return table.to(device)
 
 
+@lru_cache(maxsize=None)
 def _popcount_table(device) -> torch.Tensor:
     idx = torch.arange(256, dtype=torch.uint8)
     return sum(((idx >> j) & 1) for j in range(8)).to(device)

@@ -18,7 +18,6 @@ ROWS_PER_STRIP = 16
 COLS_PER_STRIP = 64
 STRIP_ELEMS = ROWS_PER_STRIP * COLS_PER_STRIP  # 1024
 LANES = 32
-ELEMS_PER_LANE = STRIP_ELEMS // LANES  # 32: one bit of each plane word per element
 PLANES = 3
 WINDOW = 7  # exponents covered by codes 1..7
 STREAM_ALIGN = 16  # bytes; the fallback stream is padded to this
