@@ -56,8 +56,8 @@ def main():
                 rows.append((t, cfg))
                 results.append(dict(layer=name, m=m, config=cfg.as_dict(), us=t, cublas_us=t_cublas))
             rows.sort(key=lambda r: r[0])
-            print(f"\\n## {name} ({n}x{k}), M = {m}: cuBLAS {t_cublas:.1f} µs")
-            print("| config | µs | speedup |\\n|---|---|---|")
+            print(f"\n## {name} ({n}x{k}), M = {m}: cuBLAS {t_cublas:.1f} µs")
+            print("| config | µs | speedup |\n|---|---|---|")
             for t, cfg in rows[:8]:
                 print(f"| {cfg.describe()} | {t:.1f} | {t_cublas / t:.2f}x |")
             print(f"| (slowest) {rows[-1][1].describe()} | {rows[-1][0]:.1f} | "

@@ -1,8 +1,11 @@
 """Machine-code report of a generated kernel, without a GPU: registers, spills, shared memory,
 and the instruction mix of the main loop (per strip of 1024 weights) from cuobjdump.
 
-    python benchmarks/sass_report.py zipgemm sm_90 [warps token_tiles depth row_groups]
-    python benchmarks/sass_report.py decode sm_90 [warps strips]
+    python benchmarks/sass_report.py zipgemm sm_90 [warps token_tiles depth row_groups] [--lines]
+    python benchmarks/sass_report.py decode sm_90 [warps strips] [--lines]
+
+--lines also attributes the main loop's instructions to source lines (nvdisasm -g on the
+-lineinfo cubin): where the issue slots of a strip go.
 """
 from __future__ import annotations
 
@@ -48,8 +51,34 @@ def main_loop(rows):
     return best or [r for r in rows if r[0] <= first_exit]
 
 
+def source_lines(cubin: bytes, lo: int, hi: int) -> list[tuple[int, str, str]]:
+    """(instructions, file:line, source text) for the SASS at addresses lo..hi."""
+    tool = find_nvidia_binary_utility("nvdisasm")
+    if tool is None:
+        sys.exit("nvdisasm not found: pip install nvidia-cuda-nvdisasm")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "k.cubin"
+        path.write_bytes(cubin)
+        listing = subprocess.run([tool, "-c", "-g", str(path)], capture_output=True, text=True,
+                                 check=True).stdout
+    where, counts = None, collections.Counter()
+    for line in listing.splitlines():
+        if m := re.match(r'\s*//## File "(.*)", line (\d+)', line):
+            where = (m.group(1), int(m.group(2)))
+        elif (m := re.match(r"\s*/\*([0-9a-f]{4,})\*/", line)) and lo <= int(m.group(1), 16) <= hi:
+            counts[where] += 1
+    out = []
+    for (file, number), n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])):
+        text = ""
+        if Path(file).is_file():
+            text = Path(file).read_text().splitlines()[number - 1].strip()
+        out.append((n, f"{Path(file).name}:{number}", text))
+    return out
+
+
 def main():
-    op, arch, *numbers = sys.argv[1:]
+    show_lines = "--lines" in sys.argv
+    op, arch, *numbers = [a for a in sys.argv[1:] if a != "--lines"]
     config = OPS[op](*map(int, numbers)) if numbers else OPS[op]()
     kernel = build_kernel(op, arch, config)
     tool = find_nvidia_binary_utility("cuobjdump")
@@ -58,11 +87,17 @@ def main():
     rows, usage = sass_lines(kernel.cubin, tool)
     body = main_loop(rows)
     mix = collections.Counter(op.lstrip("@").split(".")[0] for _, op, _ in body)
+    strips = max(1, mix["PRMT"] // 16)  # the loop body is unrolled over `strips` strips
     print(f"{kernel.kernel_name}: {usage}; {len(rows)} instructions in all")
-    print(f"per strip (1024 weights): {len(body)} instructions, static count: rarely taken "
-          f"paths included, fallback-patch iterations counted once")
+    print(f"main loop: {len(body)} instructions for {strips} strip(s) of 1024 weights = "
+          f"{len(body) / strips:.1f} per strip (static count: rarely taken paths included, "
+          f"fallback-patch iterations counted once)")
     for name, n in mix.most_common():
-        print(f"  {name:8s} {n:4d}")
+        print(f"  {name:8s} {n / strips:6.1f}")
+    if show_lines:
+        print("\nper source line (whole loop body):")
+        for n, where, text in source_lines(kernel.cubin, body[0][0], body[-1][0]):
+            print(f"  {n:4d}  {where:28s} {text[:70]}")
 
 
 if __name__ == "__main__":

@@ -144,11 +144,11 @@ def test_default_kernel_sass_has_no_local_memory(built, op, arch, tmp_path):
 
 
 # Instructions each default sm_90 kernel must contain at least this often: the decode (PRMT: one
-# per register pair of a strip), the tensor cores, ldmatrix. A template edit that drops a stage
+# per register pair of a strip), the tensor cores, the staging stores and loads. A template edit that drops a stage
 # still compiles; this catches it without a GPU.
 SASS_FLOORS = {
     "decode": {"PRMT": 16, "POPC": 1, "SHFL": 5},
-    "zipgemm": {"PRMT": 16, "HMMA.16816.F32.BF16": 4, "LDSM": 4, "SHFL": 5},
+    "zipgemm": {"PRMT": 16, "HMMA.16816.F32.BF16": 4, "STS.128": 4, "LDS.128": 4, "SHFL": 5},
 }
 
 

@@ -94,7 +94,9 @@ class ZipGemmConfig(_Config):
 
     @property
     def smem_bytes(self) -> int:
-        tiles = self.warps_per_cta * (16 * 36 + 32) * 4  # staging tile + fallback stash per warp
+        # per warp (zipgemm_kernel.cuh): 32 lanes x 80 B of staged registers + one 128 B
+        # fallback stash per ring buffer (depth + 1)
+        tiles = self.warps_per_cta * (32 * 80 + (self.depth + 1) * 128)
         partials = self.warps_per_cta * 16 * self.tokens * 4  # FP32 partial sums (reuses tiles)
         return max(tiles, partials)
 

@@ -38,12 +38,29 @@ def reload(folders=None) -> None:
         _warned.clear()
 
 
+def current_kernels(records, headers_sha256: str | None = None) -> list[Record]:
+    """The records measured with today's kernel headers. A record whose env names other
+    headers timed a kernel that no longer exists: its ranking of configurations says nothing
+    about the present one, so it is dropped with one warning (records without the hash, written
+    by hand or by older tools, are kept)."""
+    if headers_sha256 is None:
+        from ..bundle.verify import current_headers_sha256
+        headers_sha256 = current_headers_sha256()
+    kept = [r for r in records if r.env.get("headers_sha256") in (None, headers_sha256)]
+    if len(kept) < len(records):
+        warnings.warn(f"zipgen: ignored {len(records) - len(kept)} tuning records measured with "
+                      f"other kernel sources (the templates changed since); re-run `zipgen tune` "
+                      f"to measure the current kernels", TuningDBWarning, stacklevel=4)
+    return kept
+
+
 def _winners() -> dict:
     global _index
     if _index is None:
         with _lock:
             if _index is None:
-                _index = winners(read_records(_folders if _folders is not None else read_folders()))
+                folders = _folders if _folders is not None else read_folders()
+                _index = winners(current_kernels(read_records(folders)))
     return _index
 
 

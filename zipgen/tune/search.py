@@ -101,9 +101,11 @@ class Tuner:
         self.o, self.target, self.db = options, target, db
         self._measurer = measurer  # None: a worker.Worker, started at the first measurement
         self.progress = progress  # a tqdm-like bar (update, set_postfix_str) or None
-        self.records = [r for r in db.read()
-                        if (r.arch, r.device_name) == (target.arch, target.device_name)]
         self.headers = headers_digest((include_dir(),))  # the kernel bodies live in headers
+        # this target's records of today's kernels: older kernels' timings rank nothing now
+        self.records = [r for r in db.read()
+                        if (r.arch, r.device_name) == (target.arch, target.device_name)
+                        and r.env.get("headers_sha256") in (None, self.headers)]
         self.done = {self._identity(r.op, r.n, r.k, r.m_bucket, r.config, r.env): r
                      for r in self.records}
         self.report = Report()

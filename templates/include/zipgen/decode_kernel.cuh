@@ -44,22 +44,19 @@ __device__ __forceinline__ void decode_strips(
     const long long s = first + j;
     if (s >= num_strips) break;  // warp-uniform
     const unsigned fallbacks = fallback_mask(data[j]);
-    int rank = fallback_start[j] + lanes_below(__popc(fallbacks), lane);
+    const int rank = fallback_start[j] + lanes_below(__popc(fallbacks));
 
-    const ShiftedPlanes sp = shifted_planes(data[j]);
+    const CodeWords codes = code_words(data[j]);
 #pragma unroll
     for (int r = 0; r < 16; ++r)
       tile[element_row(lane, r) * kStagePitch + element_col(lane, r, 0) / 2] =
-          decode_pair(data[j], sp, r, base_pair);
+          decode_pair(data[j], codes, r, base_pair);
 
     // Fallbacks: each lane patches its own elements, whose exponents follow in bit order.
     unsigned short* tile16 = reinterpret_cast<unsigned short*>(tile);
-    for (unsigned m = fallbacks; m; m &= m - 1, ++rank) {
-      const int b = __ffs(m) - 1;
-      unsigned short* slot =
-          tile16 + element_row(lane, b & 15) * 2 * kStagePitch + element_col(lane, b & 15, b >> 4);
-      *slot = static_cast<unsigned short>((*slot & 0x807Fu) | (unsigned(fallback_exponents[rank]) << 7));
-    }
+    patch_fallbacks(fallbacks, fallback_exponents + rank, [&](unsigned b) {
+      return HalfAt{tile16 + element_row(lane, b & 15) * 2 * kStagePitch + element_col(lane, b & 15, b >> 4)};
+    });
     __syncwarp();
 
     // 16 rows x 8 chunks of 16 bytes -> global memory, row by row

@@ -67,7 +67,7 @@ __device__ __forceinline__ unsigned prmt(unsigned a, unsigned sel) {
 }
 
 // ((x & mask) << shift) + acc, written in PTX so that the compiler keeps the AND before the
-// shift (it would otherwise fold the per-strip pre-shift below into every pair); ptxas turns
+// shift (it would otherwise fold the per-strip regrouping below into every pair); ptxas turns
 // the power-of-two multiply-add into one shift-add (LEA / IMAD).
 __device__ __forceinline__ unsigned and_shift_add(unsigned x, unsigned mask, int shift,
                                                   unsigned acc) {
@@ -85,30 +85,58 @@ __device__ __forceinline__ unsigned select_bits(unsigned m, unsigned a, unsigned
   return r;
 }
 
-// Plane words pre-shifted once per strip so that every register pair r needs only left shifts:
-// lo[p] = P_p serves r = 0..7 (bits r, r + 16), hi[p] = P_p >> 8 serves r = 8..15 (bits r - 8,
-// r + 8). A left shift is an IMAD, which also adds, so the exponent fields cost one AND and one
-// IMAD per plane and register pair, the base exponent included.
-struct ShiftedPlanes {
-  unsigned lo[kPlanes];
-  unsigned hi[kPlanes];
+// The three code bits of each register pair brought next to each other, once per strip: after
+// this, a pair's exponent fields cost one AND and one shift-add instead of three of each.
+// Register pair r's codes sit at bits r (half 0) and r + 16 (half 1) of the three planes. Shift
+// plane p left by p, and bit p of the code of pair r lands at bit r + p, where it collides with
+// plane p' of pair r + p - p'. So keep, at each position, the plane that pair r = position -
+// class needs, for pairs of one residue r mod 3 at a time (three words, masks below), and do it
+// twice: for pairs 0-7 (planes as they are) and for pairs 8-15 (planes shifted right by 8).
+// Word z[3h + (r & 7) % 3] then holds pair r = 8h + (r & 7) at bits (r & 7) .. +2 and +16 .. +18;
+// the positions no pair of that word uses hold bits of other pairs, masked away per pair.
+struct CodeWords {
+  unsigned z[6];
 };
 
-__device__ __forceinline__ ShiftedPlanes shifted_planes(const LaneStrip& d) {
-  ShiftedPlanes s;
-#pragma unroll
-  for (int p = 0; p < kPlanes; ++p) {
-    s.lo[p] = d.planes[p];
-    s.hi[p] = d.planes[p] >> 8;
-  }
-  return s;
+// Bits p (and p + 16) with p % 3 == 0, 1, 2; word k keeps plane c at the bits with
+// (p - k) % 3 == c, i.e. mask kClass[(k + c) % 3].
+constexpr unsigned kClass[3] = {0x92499249u, 0x24922492u, 0x49244924u};
+
+// (a & M) | (b & ~M) with M an immediate, as one LOP3 (the compiler would fold the known zero
+// bits of a shifted operand into a second mask and emit two).
+template <unsigned M>
+__device__ __forceinline__ unsigned select_imm(unsigned a, unsigned b) {
+  unsigned r;
+  asm("lop3.b32 %0, %1, %2, %3, 0xE4;" : "=r"(r) : "r"(a), "r"(b), "n"(M));
+  return r;
+}
+
+template <int k>
+__device__ __forceinline__ unsigned group_code(unsigned p0, unsigned p1_up1, unsigned p2_up2) {
+  const unsigned t = select_imm<kClass[k % 3]>(p0, p1_up1);
+  return select_imm<kClass[(k + 2) % 3]>(p2_up2, t);
+}
+
+__device__ __forceinline__ void group_codes(unsigned p0, unsigned p1_up1, unsigned p2_up2,
+                                            unsigned* z) {
+  z[0] = group_code<0>(p0, p1_up1, p2_up2);
+  z[1] = group_code<1>(p0, p1_up1, p2_up2);
+  z[2] = group_code<2>(p0, p1_up1, p2_up2);
+}
+
+__device__ __forceinline__ CodeWords code_words(const LaneStrip& d) {
+  CodeWords c;
+  group_codes(d.planes[0], d.planes[1] << 1, d.planes[2] << 2, c.z);
+  group_codes(d.planes[0] >> 8, d.planes[1] >> 7, d.planes[2] >> 6, c.z + 3);
+  return c;
 }
 
 // Decode register pair r (both BF16 halves) of a lane; call it from unrolled loops only, so
 // that r is a constant (no register array is indexed at run time). base_pair = (base & 255) at
 // bits 7 and 23. Fallback halves come out with exponent `base`: patch them afterwards.
-__device__ __forceinline__ unsigned decode_pair(const LaneStrip& d, const ShiftedPlanes& sp,
-                                                int r, unsigned base_pair) {
+// Four instructions per two weights: PRMT, LOP3 (and), IMAD (shift-add), LOP3 (select).
+__device__ __forceinline__ unsigned decode_pair(const LaneStrip& d, const CodeWords& c, int r,
+                                                unsigned base_pair) {
   // sign-mantissa bytes of pair r: bytes 2(r & 7) and 2(r & 7) + 1 of half r >> 3
   const uint4& v = d.sm[r >> 3];
   const int w = (r & 7) >> 1;
@@ -116,14 +144,11 @@ __device__ __forceinline__ unsigned decode_pair(const LaneStrip& d, const Shifte
   // [b0, sign(b0) x 8, b1, sign(b1) x 8]: the signs land on bits 15 and 31, the mantissas on
   // 0-6 and 16-22; the bits in between are replaced by the exponents below.
   const unsigned sm = prmt(word, (r & 1) ? 0xB3A2u : 0x9180u);
-  // codes: plane p's bits for pair r moved to bits 7 + p and 23 + p, plus the base exponent
-  const unsigned* planes = r < 8 ? sp.lo : sp.hi;
+  // both 3-bit codes moved to bits 7 and 23, plus the base exponent; a carry past bit 14 or 30
+  // (base = -1) is dropped by the select
   const int q = r & 7;
-  const unsigned mask = 0x00010001u << q;
-  unsigned exponent = base_pair;
-  exponent = and_shift_add(planes[0], mask, 7 - q, exponent);
-  exponent = and_shift_add(planes[1], mask, 8 - q, exponent);
-  exponent = and_shift_add(planes[2], mask, 9 - q, exponent);  // carries past bits 14, 30 drop
+  const unsigned exponent = and_shift_add(c.z[3 * (r >> 3) + q % 3], 0x00070007u << q, 7 - q,
+                                          base_pair);
   return select_bits(0x807F807Fu, sm, exponent);
 }
 
@@ -132,16 +157,41 @@ __device__ __forceinline__ unsigned base_pair_of(int base) {
   return (b << 7) | (b << 23);
 }
 
-// Exclusive warp scan: fallbacks in lanes below this one (all 32 lanes must call it).
-__device__ __forceinline__ int lanes_below(int count, int lane) {
+// Exclusive warp scan: fallbacks in lanes below this one (all 32 lanes must call it). In PTX
+// so that each step is a shuffle whose "source lane exists" predicate guards the add (two
+// instructions; the compiler otherwise adds a compare and a select).
+__device__ __forceinline__ int lanes_below(int count) {
   int inclusive = count;
 #pragma unroll
   for (int d = 1; d < 32; d <<= 1) {
-    const int y = __shfl_up_sync(0xFFFFFFFFu, inclusive, d);
-    if (lane >= d) inclusive += y;
+    asm volatile(
+        "{\n\t.reg .s32 y;\n\t.reg .pred p;\n\t"
+        "shfl.sync.up.b32 y|p, %0, %1, 0, 0xffffffff;\n\t"
+        "@p add.s32 %0, %0, y;\n\t}"
+        : "+r"(inclusive) : "r"(d));
   }
   return inclusive - count;
 }
+
+// Give a lane's fallback elements their exponents: `exponents` points at the lane's first one
+// in the stream (they follow in plane-bit order) and slot_of(b) gives the 16-bit staged value
+// of plane bit b (load() / store()), which the decoder left with exponent `base`. The loop runs once per fallback
+// (~1 per lane and strip for trained weights).
+template <typename Exponents, typename SlotOf>
+__device__ __forceinline__ void patch_fallbacks(unsigned fallbacks, Exponents exponents,
+                                                SlotOf slot_of) {
+  for (unsigned m = fallbacks; m; m &= m - 1, ++exponents) {
+    const auto slot = slot_of(static_cast<unsigned>(__ffs(m) - 1));
+    slot.store((slot.load() & 0x807Fu) | (unsigned(*exponents) << 7));
+  }
+}
+
+// A staged 16-bit value behind a pointer, for patch_fallbacks.
+struct HalfAt {
+  unsigned short* p;
+  __device__ __forceinline__ unsigned load() const { return *p; }
+  __device__ __forceinline__ void store(unsigned v) const { *p = static_cast<unsigned short>(v); }
+};
 
 // Position of a lane element inside its strip: register r = 4t + f, half e.
 __device__ __forceinline__ int element_row(int lane, int r) { return (lane >> 2) + 8 * (r & 1); }

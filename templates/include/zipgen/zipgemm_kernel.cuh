@@ -3,11 +3,14 @@
 // One CTA computes kRowGroups * 16 output rows for kTokenTiles * 8 tokens. Each row group of 16
 // rows (one strip row of W) gets kWarps / kRowGroups warps that split its K: the warp of K slice
 // s takes the strips s, s + kWarps / kRowGroups, ... of the row. Per strip a warp
-//   1. has the strip's compressed words in registers already (a kDepth-deep ring of loads),
-//   2. decodes two weights per 32-bit operation into its shared-memory tile,
-//   3. patches the strip's few fallback weights (exponents prefetched into a 128-byte stash),
-//   4. reads the tile back as mma A fragments (ldmatrix) and multiplies them with every token
-//      tile: the strip is decoded once, whatever the number of tokens.
+//   1. has the strip's compressed words in registers already (loads issued kDepth strips ahead,
+//      into a ring of kDepth + 1 buffers that the unrolled loop indexes statically: no moves),
+//   2. decodes two weights per four instructions and stores each lane's 16 registers to its
+//      own slice of shared memory (four 16-byte stores),
+//   3. patches the lane's few fallback weights there (exponents prefetched into a 128-byte
+//      stash), and reads its registers back (four 16-byte loads): the A fragments of the
+//      strip's four tensor-core tiles, in the order the format stores them,
+//   4. multiplies them with every token tile: the strip is decoded once, whatever M is.
 // The warps' FP32 partial sums are added in a fixed order at the end (deterministic), so the
 // result is the same on every run.
 #pragma once
@@ -16,7 +19,23 @@
 
 namespace zipgen {
 
-constexpr int kStashWords = 32;  // 128 bytes of fallback exponents per warp and strip
+constexpr int kStashBytes = 128;  // fallback exponents a warp prefetches per strip
+// A lane's staged registers: 64 bytes, padded to 80 so that the 16-byte stores and loads of
+// any 8 consecutive lanes (one shared-memory wavefront) hit 8 different 4-bank groups.
+constexpr int kLaneStageBytes = 80;
+constexpr int kWarpTileBytes = kLanes * kLaneStageBytes;
+
+// Keep a loop-invariant value in a register. ptxas otherwise recomputes lane-derived values
+// (thread index, shared-memory window, kernel parameters) in every strip to save registers,
+// which costs ~30 issue slots per strip in an issue-bound loop.
+template <typename T>
+__device__ __forceinline__ void pin(T& v) {
+  if constexpr (sizeof(T) == 8) {
+    asm volatile("" : "+l"(v));
+  } else {
+    asm volatile("" : "+r"(v));
+  }
+}
 
 struct GemmArgs {
   const uint4* sign_mantissa;
@@ -32,43 +51,132 @@ struct GemmArgs {
   int base;
 };
 
-// The 4 bytes of the fallback stream this lane stashes for a strip whose fallbacks start at
-// `offset`: lane l covers bytes (offset & ~3) + 4l .. + 3.
-__device__ __forceinline__ unsigned load_stash_word(const GemmArgs& a, int offset, int lane) {
-  const int at = (offset & ~3) + 4 * lane;
-  return at + 4 <= a.fallback_bytes
-             ? __ldg(reinterpret_cast<const unsigned*>(a.fallback_exponents + at)) : 0u;
+// A lane's words of strip s: 16-byte sign-mantissa chunks lane and 32 + lane of the strip's
+// 1024 bytes, plane words lane, 32 + lane, 64 + lane, and the strip's fallback offset. Strip
+// numbers are 32-bit (a matrix has < 2^31 / 1024 strips per 2 GiB of sign-mantissa bytes), so
+// each address is one wide multiply-add from a lane-constant base.
+struct LaneStreams {
+  const uint4* sign_mantissa;  // + lane
+  const unsigned* planes;      // + lane
+  const int* offsets;
+
+  __device__ LaneStreams(const GemmArgs& a, int lane)
+      : sign_mantissa(a.sign_mantissa + lane), planes(a.planes + lane),
+        offsets(a.fallback_offsets) {}
+
+  __device__ __forceinline__ LaneStrip load(unsigned s) const {
+    return load_lane_strip_at(sign_mantissa + s * (kStripElems / 16), planes + s * (kPlanes * kLanes));
+  }
+  __device__ __forceinline__ int offset(unsigned s) const { return __ldg(offsets + s); }
+};
+
+// Where this lane's 4 bytes of a strip's fallback exponents come from: bytes (offset & ~3) +
+// 4 lane .. + 3 of the stream, or zeros past its end. Lane-constant parts computed once.
+struct StashSource {
+  const unsigned char* lane_bytes;  // fallback_exponents + 4 lane
+  int last;                         // largest (offset & ~3) whose word is inside the stream
+
+  __device__ StashSource(const GemmArgs& a, int lane)
+      : lane_bytes(a.fallback_exponents + 4 * lane), last(a.fallback_bytes - 4 - 4 * lane) {}
+
+  __device__ __forceinline__ unsigned load(int offset) const {
+    const int at = offset & ~3;
+    return at <= last ? __ldg(reinterpret_cast<const unsigned*>(lane_bytes + at)) : 0u;
+  }
+};
+
+// A 16-bit value and a stream of bytes in shared memory, for patch_fallbacks.
+struct SharedHalf {
+  unsigned addr;
+  __device__ __forceinline__ unsigned load() const { return ld_shared_u16(addr); }
+  __device__ __forceinline__ void store(unsigned v) const { st_shared_u16(addr, v); }
+};
+struct SharedBytes {
+  unsigned addr;
+  __device__ __forceinline__ unsigned operator*() const { return ld_shared_u8(addr); }
+  __device__ __forceinline__ SharedBytes& operator++() { ++addr; return *this; }
+};
+
+// Everything a warp needs to multiply one strip, once its compressed words have arrived.
+struct StripInput {
+  LaneStrip data;
+  unsigned stash;  // this lane's 4 bytes of the strip's fallback exponents (load_stash_word)
+  int skip;        // offset & 3: where the strip's exponents start in the stash
+};
+
+// The activation fragments (mma B operands) of a strip for every token tile: x_rows[nt] points
+// at this lane's token row, column col0 + 2q. Tokens past M read row M - 1 (their sums are
+// never stored); in a ragged last strip (kRagged) columns past K read zeros.
+template <int kTokenTiles, bool kRagged>
+__device__ __forceinline__ void load_activations(unsigned (&bf)[kTokenTiles][4][2],
+                                                 const unsigned* const (&x_rows)[kTokenTiles],
+                                                 int col_left) {
+#pragma unroll
+  for (int nt = 0; nt < kTokenTiles; ++nt)
+#pragma unroll
+    for (int t = 0; t < 4; ++t) {
+      // col_left: K columns from this lane's first one (16t + 2q) on; K % 8 == 0, so a pair
+      // is either wholly inside K or wholly past it
+      const bool in0 = !kRagged || 16 * t < col_left, in1 = !kRagged || 16 * t + 8 < col_left;
+      bf[nt][t][0] = in0 ? __ldg(x_rows[nt] + 8 * t) : 0u;
+      bf[nt][t][1] = in1 ? __ldg(x_rows[nt] + 8 * t + 4) : 0u;
+    }
 }
 
-// Halfword offset of a lane's element at plane bit b inside the staging tile, relative to the
-// lane's element (row g, column 2q): register r = b & 15 sits 8 rows lower when r is odd,
-// 16 (r >> 2) + 8 ((r >> 1) & 1) = 4 (r & 14) columns right, and its high half one further.
-__device__ __forceinline__ int tile_offset_of_bit(unsigned b) {
-  return (b & 1u) * (8 * 2 * kStagePitch) + (b & 14u) * 4 + (b >> 4);
-}
+// Decode one strip into this lane's shared-memory slice, patch its fallbacks, and multiply.
+template <int kTokenTiles, bool kRagged>
+__device__ __forceinline__ void multiply_strip(float (&acc)[kTokenTiles][4], const StripInput& in,
+                                               const unsigned* const (&x_rows)[kTokenTiles],
+                                               int col_left, unsigned base_pair,
+                                               unsigned lane_tile, unsigned stash,
+                                               unsigned stash_lane, const GemmArgs& a,
+                                               int offset_if_overflow) {
+  unsigned bf[kTokenTiles][4][2];
+  load_activations<kTokenTiles, kRagged>(bf, x_rows, col_left);  // in flight while we decode
 
-// Give this lane's fallback elements their exponents. The strip's exponents follow in the
-// stream lane by lane and, inside a lane, in plane-bit order; `stash` holds the 128 bytes from
-// (offset & ~3). When the strip has more fallbacks than the stash covers (never for trained
-// weights, whose strips hold ~35), the rest come from global memory.
-__device__ __forceinline__ void patch_fallbacks(unsigned short* lane_tile, unsigned fallbacks,
-                                                const unsigned char* stash, int offset,
-                                                int below, int total,
-                                                const unsigned char* __restrict__ stream) {
-  const int skip = offset & 3;
-  if (skip + total <= 4 * kStashWords) {  // warp-uniform
-    const unsigned char* e = stash + skip + below;
-    for (unsigned m = fallbacks; m; m &= m - 1, ++e) {
-      unsigned short* slot = lane_tile + tile_offset_of_bit(__ffs(m) - 1);
-      *slot = static_cast<unsigned short>((*slot & 0x807Fu) | (unsigned(*e) << 7));
-    }
-  } else {
-    int i = skip + below;
-    for (unsigned m = fallbacks; m; m &= m - 1, ++i) {
-      const unsigned e = i < 4 * kStashWords ? stash[i] : __ldg(stream + (offset & ~3) + i);
-      unsigned short* slot = lane_tile + tile_offset_of_bit(__ffs(m) - 1);
-      *slot = static_cast<unsigned short>((*slot & 0x807Fu) | (e << 7));
-    }
+  // 1. decode: registers 4t .. 4t + 3 are the A fragment of tile t
+  const CodeWords codes = code_words(in.data);
+  unsigned regs[16];
+#pragma unroll
+  for (int r = 0; r < 16; ++r) regs[r] = decode_pair(in.data, codes, r, base_pair);
+#pragma unroll
+  for (int t = 0; t < 4; ++t)
+    st_shared_v4(lane_tile + 16 * t, regs[4 * t], regs[4 * t + 1], regs[4 * t + 2], regs[4 * t + 3]);
+
+  // 2. fallbacks: the strip's exponents follow lane by lane, each lane's in plane-bit order
+  const unsigned fallbacks = fallback_mask(in.data);
+  const int own = __popc(fallbacks);
+  const int below = lanes_below(own);
+  const int total = __shfl_sync(0xFFFFFFFFu, below + own, 31);
+  st_shared_u32(stash_lane, in.stash);  // stash + 4 lane
+  __syncwarp();
+  // plane bit b = r + 16e is half e of register r: byte 4r + 2e of the lane's slice
+  const auto slot_of = [lane_tile](unsigned b) {  // 4 (b & 15) + 2 (b >> 4), in fewer steps
+    return SharedHalf{lane_tile + 4 * b - 62 * (b >> 4)};
+  };
+  if (in.skip + total <= kStashBytes) {  // warp-uniform; always for trained weights (~35)
+    patch_fallbacks(fallbacks, SharedBytes{stash + in.skip + below}, slot_of);
+  } else {  // the rest of a fallback-heavy strip's exponents come from global memory
+    const unsigned char* stream = a.fallback_exponents + (offset_if_overflow & ~3);
+    struct Overflow {
+      unsigned stash;
+      const unsigned char* stream;
+      int i;
+      __device__ unsigned operator*() const {
+        return i < kStashBytes ? ld_shared_u8(stash + i) : __ldg(stream + i);
+      }
+      __device__ Overflow& operator++() { ++i; return *this; }
+    };
+    patch_fallbacks(fallbacks, Overflow{stash, stream, in.skip + below}, slot_of);
+  }
+
+  // 3. tensor cores: the strip's 4 tiles of 16x16 against every token tile
+#pragma unroll
+  for (int t = 0; t < 4; ++t) {
+    const uint4 v = ld_shared_v4(lane_tile + 16 * t);
+    const unsigned af[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+    for (int nt = 0; nt < kTokenTiles; ++nt) mma_bf16_16816(acc[nt], af, bf[nt][t][0], bf[nt][t][1]);
   }
 }
 
@@ -76,6 +184,7 @@ template <int kWarps, int kRowGroups, int kTokenTiles, int kDepth>
 __device__ __forceinline__ void zipgemm_rows(const GemmArgs& a, unsigned char* smem) {
   constexpr int kTokens = kTokenTiles * 8;
   constexpr int kWarpsK = kWarps / kRowGroups;  // warps sharing one row group split its K
+  constexpr int kBuffers = kDepth + 1;          // strips loaded ahead + the one being used
   const int lane = threadIdx.x & 31;
   const int warp = threadIdx.x >> 5;
   const int g = lane >> 2, q = lane & 3;
@@ -84,114 +193,92 @@ __device__ __forceinline__ void zipgemm_rows(const GemmArgs& a, unsigned char* s
   const int row_group = blockIdx.x * kRowGroups + warp % kRowGroups;
   const int slice = warp / kRowGroups;
   const int tok0 = blockIdx.y * kTokens;
-  unsigned* tile = reinterpret_cast<unsigned*>(smem) + warp * (kStageWords + kStashWords);
-  unsigned* stash = tile + kStageWords;
-  const long long strip0 = static_cast<long long>(row_group) * a.strips_per_row_group + slice;
+  unsigned char* warp_smem = smem + warp * (kWarpTileBytes + kBuffers * kStashBytes);
+  unsigned lane_tile = shared_address(warp_smem + lane * kLaneStageBytes);
+  unsigned stash_slots = shared_address(warp_smem + kWarpTileBytes);
+  unsigned stash_lane = stash_slots + 4 * lane;
   const bool rows_exist = row_group * kStripRows < a.n;
   const int count = rows_exist && slice < a.strips_per_row_group
                         ? (a.strips_per_row_group - 1 - slice) / kWarpsK + 1 : 0;
-  const unsigned base_pair = base_pair_of(a.base);
+  // The last strip of a row is ragged when K is not a multiple of 64; the warp that owns it
+  // multiplies it after the main loop, so that the loop's activation loads need no bounds.
+  const bool owns_ragged = (a.k & 63) != 0 && count > 0 &&
+                           slice + (count - 1) * kWarpsK == a.strips_per_row_group - 1;
+  const int full = count - owns_ragged;
+  unsigned base_pair = base_pair_of(a.base);
 
   float acc[kTokenTiles][4];
 #pragma unroll
   for (int t = 0; t < kTokenTiles; ++t) acc[t][0] = acc[t][1] = acc[t][2] = acc[t][3] = 0.f;
 
-  LaneStrip ring[kDepth];
-  int ring_offset[kDepth];
-#pragma unroll
-  for (int d = 0; d < kDepth; ++d) {
-    if (d < count) {
-      const long long s = strip0 + d * kWarpsK;
-      ring[d] = load_lane_strip(a.sign_mantissa, a.planes, s, lane);
-      ring_offset[d] = __ldg(a.fallback_offsets + s);
-    }
-  }
-  unsigned stash_word = count > 0 ? load_stash_word(a, ring_offset[0], lane) : 0u;
-  // The strip kDepth ahead, as pointers that advance by kWarpsK strips per refill.
-  const long long ahead = strip0 + kDepth * kWarpsK;
-  const uint4* sm_ahead = a.sign_mantissa + ahead * (kStripElems / 16) + lane;
-  const unsigned* planes_ahead = a.planes + ahead * (kPlanes * kLanes) + lane;
-  const int* offset_ahead = a.fallback_offsets + ahead;
   // This lane's activation rows (as 32-bit pairs, column 2q); tokens past M read row M - 1.
   const unsigned* x_rows[kTokenTiles];
 #pragma unroll
   for (int nt = 0; nt < kTokenTiles; ++nt)
     x_rows[nt] = reinterpret_cast<const unsigned*>(
-        a.x + static_cast<long long>(min(tok0 + nt * 8 + g, a.m - 1)) * a.k + 2 * q);
+        a.x + static_cast<long long>(min(tok0 + nt * 8 + g, a.m - 1)) * a.k + slice * kStripCols +
+        2 * q);
 
-  for (int j0 = 0; j0 < count; j0 += kDepth) {
+  // Strip j of this warp (strip number strip0 + j * kWarpsK of the matrix): its data sits in
+  // ring[j % kBuffers], loaded at iteration j - kDepth; its fallback offset in
+  // offsets[j % kBuffers], loaded at iteration j - kBuffers, so that the stash load of strip j,
+  // issued at iteration j - 1, never waits for it. Loads past the warp's last strip re-read that
+  // strip (a cache hit) instead of branching: addresses come from a clamped strip index.
+  LaneStreams streams(a, lane);
+  const unsigned strip0 = static_cast<unsigned>(row_group) * a.strips_per_row_group + slice;
+  const int last = full - 1;
+  const auto strip_at = [&](int j) { return strip0 + static_cast<unsigned>(min(j, last)) * kWarpsK; };
+  StripInput ring[kBuffers];
+  int offsets[kBuffers];
+  StashSource stash_source(a, lane);
+  if (full > 0) {
 #pragma unroll
-    for (int d = 0; d < kDepth; ++d) {
-      const int j = j0 + d;
-      if (j >= count) break;  // warp-uniform
-      const int col0 = (slice + j * kWarpsK) * kStripCols;
-      const LaneStrip cur = ring[d];
-      const int offset = ring_offset[d];
-      const unsigned cur_stash = stash_word;
-      if (j + kDepth < count) {  // refill the slot with the strip kDepth ahead
-        ring[d] = load_lane_strip_at(sm_ahead, planes_ahead);
-        ring_offset[d] = __ldg(offset_ahead);
-        sm_ahead += kWarpsK * (kStripElems / 16);
-        planes_ahead += kWarpsK * kPlanes * kLanes;
-        offset_ahead += kWarpsK;
-      }
-      if (j + 1 < count)  // next strip's stash: its offset arrived at least one strip ago
-        stash_word = load_stash_word(a, ring_offset[(d + 1) % kDepth], lane);
-
-      // Activation fragments of this strip (mma B operands), issued now so that they arrive
-      // while the strip decodes. Tokens past M read row M - 1 (their sums are never stored);
-      // columns past K (only in a ragged last strip) read zeros.
-      unsigned bf[kTokenTiles][4][2];
-      if (col0 + kStripCols <= a.k) {  // warp-uniform; false only for a ragged last strip
-#pragma unroll
-        for (int nt = 0; nt < kTokenTiles; ++nt)
-#pragma unroll
-          for (int t = 0; t < 4; ++t) {
-            bf[nt][t][0] = __ldg(x_rows[nt] + col0 / 2 + 8 * t);
-            bf[nt][t][1] = __ldg(x_rows[nt] + col0 / 2 + 8 * t + 4);
-          }
-      } else {
-#pragma unroll
-        for (int nt = 0; nt < kTokenTiles; ++nt)
-#pragma unroll
-          for (int t = 0; t < 4; ++t) {
-            const int kk = col0 + 16 * t + 2 * q;
-            bf[nt][t][0] = kk < a.k ? __ldg(x_rows[nt] + col0 / 2 + 8 * t) : 0u;
-            bf[nt][t][1] = kk + 8 < a.k ? __ldg(x_rows[nt] + col0 / 2 + 8 * t + 4) : 0u;
-          }
-      }
-
-      // 2. decode into the tile
-      const ShiftedPlanes sp = shifted_planes(cur);
-#pragma unroll
-      for (int r = 0; r < 16; ++r)
-        tile[element_row(lane, r) * kStagePitch + element_col(lane, r, 0) / 2] =
-            decode_pair(cur, sp, r, base_pair);
-
-      // 3. fallbacks: each lane patches its own, in plane-bit order
-      const unsigned fallbacks = fallback_mask(cur);
-      const int own = __popc(fallbacks);
-      const int below = lanes_below(own, lane);
-      const int total = __shfl_sync(0xFFFFFFFFu, below + own, 31);
-      stash[lane] = cur_stash;
-      __syncwarp();
-      patch_fallbacks(reinterpret_cast<unsigned short*>(tile) + g * 2 * kStagePitch + 2 * q,
-                      fallbacks, reinterpret_cast<const unsigned char*>(stash), offset, below,
-                      total, a.fallback_exponents);
-      __syncwarp();
-
-      // 4. tensor cores: the strip's 4 tiles of 16x16 against every token tile
-      const int mtx = lane >> 3;
-      const unsigned* row_ptr = tile + ((mtx & 1) * 8 + (lane & 7)) * kStagePitch + (mtx >> 1) * 4;
-#pragma unroll
-      for (int t = 0; t < 4; ++t) {
-        unsigned af[4];
-        ldmatrix_x4(af, row_ptr + t * 8);
-#pragma unroll
-        for (int nt = 0; nt < kTokenTiles; ++nt) mma_bf16_16816(acc[nt], af, bf[nt][t][0], bf[nt][t][1]);
-      }
-      __syncwarp();  // the next strip rewrites the tile
+    for (int d = 0; d < kBuffers; ++d) {
+      if (d < kDepth) ring[d].data = streams.load(strip_at(d));
+      offsets[d] = streams.offset(strip_at(d));
     }
+    ring[0].stash = stash_source.load(offsets[0]);
+    ring[0].skip = offsets[0] & 3;
+  }
+
+  for (int j0 = 0; j0 < full; j0 += kBuffers) {
+    pin(lane_tile);
+    pin(stash_slots);
+    pin(stash_lane);
+    pin(streams.sign_mantissa);
+    pin(streams.planes);
+    pin(streams.offsets);
+    pin(base_pair);
+    pin(stash_source.lane_bytes);
+    pin(stash_source.last);
+#pragma unroll
+    for (int u = 0; u < kBuffers; ++u) {
+      const int j = j0 + u;
+      if (j >= full) break;  // warp-uniform
+      ring[(u + kDepth) % kBuffers].data = streams.load(strip_at(j + kDepth));  // slot of j - 1
+      StripInput& next = ring[(u + 1) % kBuffers];  // its offset arrived kDepth strips ago
+      next.stash = stash_source.load(offsets[(u + 1) % kBuffers]);
+      next.skip = offsets[(u + 1) % kBuffers] & 3;
+      const int offset = offsets[u];
+      offsets[u] = streams.offset(strip_at(j + kBuffers));  // offsets[u] is free again
+      multiply_strip<kTokenTiles, false>(acc, ring[u], x_rows, kStripCols, base_pair, lane_tile,
+                                         stash_slots + u * kStashBytes,
+                                         stash_lane + u * kStashBytes, a, offset);
+#pragma unroll
+      for (int nt = 0; nt < kTokenTiles; ++nt) x_rows[nt] += kWarpsK * kStripCols / 2;
+    }
+  }
+  if (owns_ragged) {  // once per row: load it directly
+    __syncwarp();  // stash slot 0 may still be read by the last loop iteration's lanes
+    const unsigned s = strip0 + static_cast<unsigned>(full) * kWarpsK;
+    StripInput ragged;
+    ragged.data = streams.load(s);
+    const int offset = streams.offset(s);
+    ragged.stash = stash_source.load(offset);
+    ragged.skip = offset & 3;
+    const int col_left = a.k - (slice + full * kWarpsK) * kStripCols - 2 * q;
+    multiply_strip<kTokenTiles, true>(acc, ragged, x_rows, col_left, base_pair, lane_tile,
+                                      stash_slots, stash_lane, a, offset);
   }
 
   // Sum each row group's K-slice partials in slice order and write BF16 rows of y.
