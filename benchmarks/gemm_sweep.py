@@ -43,9 +43,9 @@ def main():
             xs = [torch.randn(m, k, device="cuda").to(torch.bfloat16) for _ in ws]
             t_cublas = graph_time_us([lambda x=x, w=w: F.linear(x, w) for x, w in zip(xs, ws)])
             rows = []
-            for warps, tiles, depth, groups in itertools.product((4, 8, 16), token_tiles_for(m),
-                                                                 (1, 2), (1, 2, 4)):
-                cfg = ZipGemmConfig(warps, tiles, depth, groups)
+            for warps, tiles, depth, groups, stage in itertools.product(
+                    (4, 8, 16), token_tiles_for(m), (1, 2), (1, 2, 4), (False, True)):
+                cfg = ZipGemmConfig(warps, tiles, depth, groups, stage)
                 if cfg.problems(traits):
                     continue
                 y = gemm(xs[0], cts[0], config=cfg, fused=True).float()

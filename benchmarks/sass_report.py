@@ -1,7 +1,7 @@
 """Machine-code report of a generated kernel, without a GPU: registers, spills, shared memory,
 and the instruction mix of the main loop (per strip of 1024 weights) from cuobjdump.
 
-    python benchmarks/sass_report.py zipgemm sm_90 [warps token_tiles depth row_groups] [--lines]
+    python benchmarks/sass_report.py zipgemm sm_90 [warps token_tiles depth row_groups stage_x] [--lines]
     python benchmarks/sass_report.py decode sm_90 [warps strips] [--lines]
 
 --lines also attributes the main loop's instructions to source lines (nvdisasm -g on the
@@ -79,7 +79,10 @@ def source_lines(cubin: bytes, lo: int, hi: int) -> list[tuple[int, str, str]]:
 def main():
     show_lines = "--lines" in sys.argv
     op, arch, *numbers = [a for a in sys.argv[1:] if a != "--lines"]
-    config = OPS[op](*map(int, numbers)) if numbers else OPS[op]()
+    from dataclasses import fields
+    types = [f.type for f in fields(OPS[op])]  # "int" / "bool": 0/1 for a bool field
+    config = OPS[op](*[bool(int(v)) if t in (bool, "bool") else int(v)
+                       for v, t in zip(numbers, types)])
     kernel = build_kernel(op, arch, config)
     tool = find_nvidia_binary_utility("cuobjdump")
     if tool is None:

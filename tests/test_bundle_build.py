@@ -20,7 +20,7 @@ from zipgen.errors import BundleError, InputError
 
 ARCHES = ("sm_80", "sm_90")
 TUNED = ZipGemmConfig(2, 1, 1, 1)  # a winner no default policy picks
-DEFAULT_AND_TUNED = ZipGemmConfig(8, 1, 1, 1)  # fused_config's choice for 4096 x 4096, M = 1
+DEFAULT_AND_TUNED = ZipGemmConfig(16, 1, 1, 1)  # fused_config's choice for 4096 x 4096, M = 1
 TUNED_DECODE = DecodeConfig(8, 1)  # the runtime picks tuned decoders too
 
 

@@ -89,13 +89,14 @@ def test_k_not_multiple_of_8_uses_decode_path(n, k):
         gemm(x, ct, fused=True)
 
 
-@pytest.mark.parametrize("cfg", [c for c in (ZipGemmConfig(w, t, d, rg) for w in (1, 4, 8, 16)
+@pytest.mark.parametrize("cfg", [c for c in (ZipGemmConfig(w, t, d, rg, sx) for w in (1, 4, 8, 16)
                                                for t in (1, 2, 4, 8) for d in (1, 3)
-                                               for rg in (1, 2, 4))
+                                               for rg in (1, 2, 4) for sx in (False, True))
                                  if not c.problems(ARCHES["sm_90"])])
 def test_every_config(cfg):
-    w, ct = make(300, 1600, seed=7)  # 300 rows: a partial last row group and CTA
-    x = activations(cfg.tokens + 3, 1600)  # a partial second token tile
+    # 300 rows: a partial last row group and CTA; K = 1608: a ragged last strip (K % 64 = 8)
+    w, ct = make(300, 1608, seed=7)
+    x = activations(cfg.tokens + 3, 1608)  # a partial second token tile
     assert_close(gemm(x, ct, config=cfg, fused=True), reference(x, w))
 
 

@@ -21,7 +21,7 @@ def test_dry_run_lists_valid_and_filtered_configs(capsys, tmp_path):
     out = capsys.readouterr().out
     assert "No GPU used" in out
     assert "decode on sm_80: 20 valid, 0 filtered out; brute-force, 20 trials per shape" in out
-    assert "zipgemm on sm_80, M bucket 1: 82 valid, 110 filtered out; brute-force, 82 trials" in out
+    assert "zipgemm on sm_80, M bucket 1: 164 valid, 220 filtered out; tpe, 100 trials" in out
     assert "zipgemm on sm_80, M bucket 256: " in out
     assert "token_tiles=4 (32 tokens per CTA) for M bucket 1: mostly padding" in out
     assert "65536 B of shared memory exceed sm_80's 49152 B" in out

@@ -37,6 +37,7 @@ def built(monkeypatch):
 
 
 def tuner(tmp_path, measurer=None, ops=("decode", "zipgemm"), ms=(1, 16), **options):
+    options.setdefault("trials", 1000)  # brute force over every space unless a test asks
     return search.Tuner(search.Options([("t", N, K)], ms=ms, ops=ops, **options), TARGET,
                         TuningDB(tmp_path), measurer=measurer or FakeMeasurer())
 
@@ -83,7 +84,7 @@ def test_tpe_for_big_spaces_prunes_invalid_proposals_without_measuring(tmp_path,
     assert len(study.trials) == 30
     assert study.trials[0].params == {f: getattr(fused_config(1, N, K), f)
                                       for f in ("warps_per_cta", "token_tiles", "depth",
-                                                "row_groups")}
+                                                "row_groups", "stage_x")}
     valid = set(enumerate_space("zipgemm", "sm_80", 1).valid)
     assert all(ZipGemmConfig(**c) in valid for op, c, _ in fake.calls if op == "zipgemm")
     for tr in study.trials:

@@ -65,6 +65,10 @@ class ZipGemmConfig(_Config):
     token_tiles: int = 1
     depth: int = 2
     row_groups: int = 1
+    # activations through shared memory (16-byte loads a strip ahead, ldmatrix) instead of
+    # each lane loading its B fragments: fewer L1 wavefronts once token rows differ (M > 1),
+    # more registers
+    stage_x: bool = False
 
     op = "zipgemm"
     template = "zipgemm.cu.j2"
@@ -77,6 +81,8 @@ class ZipGemmConfig(_Config):
             out.append(f"token_tiles={self.token_tiles} is not 1, 2, 4 or 8")
         if self.depth not in (1, 2, 3, 4):
             out.append(f"depth={self.depth} is not 1, 2, 3 or 4")
+        if not isinstance(self.stage_x, bool):
+            out.append(f"stage_x={self.stage_x!r} is not a bool")
         if self.row_groups not in (1, 2, 4) or self.warps_per_cta % self.row_groups:
             out.append(f"row_groups={self.row_groups} is not 1, 2 or 4 dividing warps_per_cta")
         if not out and self.smem_bytes > arch.max_smem_static:
@@ -94,15 +100,17 @@ class ZipGemmConfig(_Config):
 
     @property
     def smem_bytes(self) -> int:
-        # per warp (zipgemm_kernel.cuh): 32 lanes x 80 B of staged registers + one 128 B
+        # per warp (zipgemm_kernel.cuh): 32 lanes x 80 B of staged registers, a region the
+        # activations of each token tile (8 rows at a pitch of 144 B) reuse, + one 128 B
         # fallback stash per ring buffer (depth + 1)
-        tiles = self.warps_per_cta * (32 * 80 + (self.depth + 1) * 128)
+        stage = max(32 * 80, self.token_tiles * 8 * 144 if self.stage_x else 0)
+        tiles = self.warps_per_cta * (stage + (self.depth + 1) * 128)
         partials = self.warps_per_cta * 16 * self.tokens * 4  # FP32 partial sums (reuses tiles)
         return max(tiles, partials)
 
     def kernel_name(self, arch: ArchTraits) -> str:
         return (f"zipgemm_{arch.short}_r{16 * self.row_groups}_t{self.tokens}"
-                f"_w{self.warps_per_cta}_d{self.depth}")
+                f"_w{self.warps_per_cta}_d{self.depth}" + ("_sx" if self.stage_x else ""))
 
     def grid(self, n: int, m: int) -> tuple[int, int]:
         return (-(-n // (16 * self.row_groups)), -(-m // self.tokens))

@@ -44,13 +44,14 @@ def fused_config(m: int, n: int, k: int) -> ZipGemmConfig:
     benchmarks/gemm_sweep.py on an H200 (2026-11-28) for the Llama-3.1-8B shapes, generalised
     by shape class."""
     tiles = 1 if m <= 8 else 2 if m <= 16 else 4 if m <= 32 else 8
+    stage = m > 1  # distinct token rows: activations through shared memory
     if k >= 8192:  # long rows (down_proj): more warps per row, two row groups
-        candidates = [ZipGemmConfig(16, tiles, 2, 2), ZipGemmConfig(8, tiles, 2, 2)]
+        candidates = [ZipGemmConfig(16, tiles, 1, 2, stage), ZipGemmConfig(8, tiles, 1, 2, stage)]
     elif n >= 16384:  # many rows (gate_up): small CTAs, many resident
-        candidates = [ZipGemmConfig(4, tiles, 1, 1)]
+        candidates = [ZipGemmConfig(4, tiles, 1, 1, stage)]
     else:
-        candidates = [ZipGemmConfig(8, tiles, 1 if tiles == 1 else 2, 1)]
-    candidates.append(ZipGemmConfig(4, tiles, 2, 1))  # fits every arch's static shared memory
+        candidates = [ZipGemmConfig(16, tiles, 1, 1, stage), ZipGemmConfig(8, tiles, 1, 1, stage)]
+    candidates.append(ZipGemmConfig(4, tiles, 1, 1, stage))  # fits every arch's static shared memory
     return next(c for c in candidates if not c.problems(ARCHES["sm_80"]))
 
 

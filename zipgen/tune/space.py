@@ -9,9 +9,9 @@ from ..codegen import OPS, arch_traits
 
 # The values the tuner tries per config field (a subset of what the configs accept: one-warp
 # fused CTAs never won a sweep, BENCHMARKS.md).
-VALUES: dict[str, dict[str, tuple[int, ...]]] = {
+VALUES: dict[str, dict[str, tuple]] = {
     "zipgemm": {"warps_per_cta": (2, 4, 8, 16), "token_tiles": (1, 2, 4, 8),
-                "depth": (1, 2, 3, 4), "row_groups": (1, 2, 4)},
+                "depth": (1, 2, 3, 4), "row_groups": (1, 2, 4), "stage_x": (False, True)},
     "decode": {"warps_per_cta": (1, 2, 4, 8, 16), "strips_per_warp": (1, 2, 4, 8)},
 }
 

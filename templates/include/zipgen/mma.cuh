@@ -24,6 +24,14 @@ __device__ __forceinline__ void ldmatrix_x4(unsigned (&r)[4], const void* row) {
                : "memory");
 }
 
+// The same from a 32-bit shared-window address.
+__device__ __forceinline__ void ldmatrix_x4_shared(unsigned (&r)[4], unsigned addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr)
+               : "memory");
+}
+
 // Shared memory through 32-bit shared-window addresses: a loop can keep such an address in a
 // register (see pin() in zipgemm_kernel.cuh) without the compiler losing track of the state
 // space and falling back to generic loads and stores.

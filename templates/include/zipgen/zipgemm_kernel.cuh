@@ -24,6 +24,17 @@ constexpr int kStashBytes = 128;  // fallback exponents a warp prefetches per st
 // any 8 consecutive lanes (one shared-memory wavefront) hit 8 different 4-bank groups.
 constexpr int kLaneStageBytes = 80;
 constexpr int kWarpTileBytes = kLanes * kLaneStageBytes;
+// A token tile's activations of one strip (8 tokens x 64 columns), staged so that ldmatrix
+// builds the mma B fragments: rows of 128 bytes at a pitch of 144, so that the 8 rows one
+// ldmatrix phase reads fall into different banks. It reuses the warp's tile region once the
+// A fragments are back in registers.
+constexpr int kXPitchBytes = 144;
+constexpr int kXTileBytes = 8 * kXPitchBytes;
+
+template <int kTokenTiles>
+__host__ __device__ constexpr int warp_stage_bytes() {
+  return kWarpTileBytes > kTokenTiles * kXTileBytes ? kWarpTileBytes : kTokenTiles * kXTileBytes;
+}
 
 // Keep a loop-invariant value in a register. ptxas otherwise recomputes lane-derived values
 // (thread index, shared-memory window, kernel parameters) in every strip to save registers,
@@ -104,35 +115,114 @@ struct StripInput {
   int skip;        // offset & 3: where the strip's exponents start in the stash
 };
 
-// The activation fragments (mma B operands) of a strip for every token tile: x_rows[nt] points
-// at this lane's token row, column col0 + 2q. Tokens past M read row M - 1 (their sums are
-// never stored); in a ragged last strip (kRagged) columns past K read zeros.
+// The activations (mma B operands) of a strip come one of two ways, chosen per kernel
+// (ZipGemmConfig.stage_x). Both start from x_strip[nt]: this lane's token row (l >> 2 of token
+// tile nt; tokens past M read row M - 1, whose sums are never stored) at the strip's first
+// column. cols_left = K - that column: in a ragged last strip (kRagged) columns past K read
+// zeros; K % 8 == 0, so a pair or a 16-byte chunk is wholly inside or outside.
+//
+// Direct: each lane loads its B fragments itself, 8 x 4 bytes per token tile. Cheapest in
+// instructions and registers when the token rows coincide (M = 1: one line per load), but with
+// 8 different rows every load touches 8 lines: 8x the L1 wavefronts.
 template <int kTokenTiles, bool kRagged>
-__device__ __forceinline__ void load_activations(unsigned (&bf)[kTokenTiles][4][2],
-                                                 const unsigned* const (&x_rows)[kTokenTiles],
-                                                 int col_left) {
+__device__ __forceinline__ void direct_fragments(unsigned (&bf)[kTokenTiles][4][2],
+                                                 const unsigned short* const (&x_strip)[kTokenTiles],
+                                                 int cols_left, int lane) {
+  const int q = lane & 3;
+#pragma unroll
+  for (int nt = 0; nt < kTokenTiles; ++nt) {
+    const unsigned* pairs = reinterpret_cast<const unsigned*>(x_strip[nt]) + q;
+#pragma unroll
+    for (int t = 0; t < 4; ++t) {
+      const bool in0 = !kRagged || 16 * t + 2 * q < cols_left;
+      const bool in1 = !kRagged || 16 * t + 8 + 2 * q < cols_left;
+      bf[nt][t][0] = in0 ? __ldg(pairs + 8 * t) : 0u;
+      bf[nt][t][1] = in1 ? __ldg(pairs + 8 * t + 4) : 0u;
+    }
+  }
+}
+
+// Staged: lanes load whole 16-byte chunks (lane l: chunks 2 (l & 3) and 2 (l & 3) + 1 of its
+// row), a strip ahead, store them to shared memory and read B fragments back with ldmatrix.
+template <int kTokenTiles, bool kRagged>
+__device__ __forceinline__ void load_chunks(uint4 (&xv)[kTokenTiles][2],
+                                            const unsigned short* const (&x_strip)[kTokenTiles],
+                                            int cols_left, int lane) {
+  const int first = 16 * (lane & 3);
 #pragma unroll
   for (int nt = 0; nt < kTokenTiles; ++nt)
 #pragma unroll
-    for (int t = 0; t < 4; ++t) {
-      // col_left: K columns from this lane's first one (16t + 2q) on; K % 8 == 0, so a pair
-      // is either wholly inside K or wholly past it
-      const bool in0 = !kRagged || 16 * t < col_left, in1 = !kRagged || 16 * t + 8 < col_left;
-      bf[nt][t][0] = in0 ? __ldg(x_rows[nt] + 8 * t) : 0u;
-      bf[nt][t][1] = in1 ? __ldg(x_rows[nt] + 8 * t + 4) : 0u;
-    }
+    for (int h = 0; h < 2; ++h)
+      xv[nt][h] = !kRagged || first + 8 * h < cols_left
+                      ? __ldg(reinterpret_cast<const uint4*>(x_strip[nt] + first) + h)
+                      : make_uint4(0, 0, 0, 0);
 }
 
+// bf[nt][t] = {b0, b1} of tensor-core tile t (columns 16t .. 16t + 15) from staged chunks. The
+// region is the lanes' decode tiles, so every lane must be done with its tile first (and, after
+// this, done reading the activations before the decode stores again): the __syncwarp()s.
+template <int kTokenTiles>
+__device__ __forceinline__ void staged_fragments(unsigned (&bf)[kTokenTiles][4][2],
+                                                 const uint4 (&xv)[kTokenTiles][2],
+                                                 unsigned warp_stage, int lane) {
+  // rows at a pitch of 9 chunks; a lane's two chunks are 2 (l & 3) + h, so the 8 lanes of a
+  // store phase (two rows) hit 8 different 4-bank groups, and so do the 8 rows of an ldmatrix
+  const unsigned store_at = warp_stage + (lane >> 2) * kXPitchBytes + 32 * (lane & 3);
+  __syncwarp();
+#pragma unroll
+  for (int nt = 0; nt < kTokenTiles; ++nt)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const uint4 v = xv[nt][h];
+      st_shared_v4(store_at + nt * kXTileBytes + 16 * h, v.x, v.y, v.z, v.w);
+    }
+  __syncwarp();
+  // ldmatrix.x4: lane l addresses row l & 7 of matrix l >> 3 = columns 8 (l >> 3) ..; matrices
+  // 0-3 are b0, b1 of tile 2p and b0, b1 of tile 2p + 1 (64 bytes further for p = 1)
+  const unsigned read_at = warp_stage + (lane & 7) * kXPitchBytes + 16 * (lane >> 3);
+#pragma unroll
+  for (int nt = 0; nt < kTokenTiles; ++nt)
+#pragma unroll
+    for (int p = 0; p < 2; ++p) {
+      unsigned r[4];
+      ldmatrix_x4_shared(r, read_at + nt * kXTileBytes + 64 * p);
+      bf[nt][2 * p][0] = r[0];
+      bf[nt][2 * p][1] = r[1];
+      bf[nt][2 * p + 1][0] = r[2];
+      bf[nt][2 * p + 1][1] = r[3];
+    }
+  __syncwarp();
+}
+
+// Where a strip's activations come from (see above): this strip's and the next one's row
+// starts, the columns left, and the staged chunks loaded a strip ahead (unused when direct).
+template <int kTokenTiles>
+struct StripActivations {
+  const unsigned short* this_strip[kTokenTiles];
+  const unsigned short* next_strip[kTokenTiles];
+  int cols_left;        // K - this strip's first column
+  int next_cols_left;   // K - the next strip's first column
+};
+
 // Decode one strip into this lane's shared-memory slice, patch its fallbacks, and multiply.
-template <int kTokenTiles, bool kRagged>
+template <int kTokenTiles, bool kStageX, bool kRagged>
 __device__ __forceinline__ void multiply_strip(float (&acc)[kTokenTiles][4], const StripInput& in,
-                                               const unsigned* const (&x_rows)[kTokenTiles],
-                                               int col_left, unsigned base_pair,
-                                               unsigned lane_tile, unsigned stash,
-                                               unsigned stash_lane, const GemmArgs& a,
-                                               int offset_if_overflow) {
+                                               uint4 (&xv)[kTokenTiles][2],
+                                               const StripActivations<kTokenTiles>& x,
+                                               unsigned base_pair,
+                                               unsigned warp_stage, unsigned lane_tile,
+                                               unsigned stash, unsigned stash_lane,
+                                               const GemmArgs& a, int offset_if_overflow,
+                                               int lane) {
+  // 0. activations: direct loads, in flight while the strip decodes; or this strip's staged
+  // chunks (in xv since the previous strip) to B fragments, and the next strip's loaded
   unsigned bf[kTokenTiles][4][2];
-  load_activations<kTokenTiles, kRagged>(bf, x_rows, col_left);  // in flight while we decode
+  if constexpr (kStageX) {
+    staged_fragments<kTokenTiles>(bf, xv, warp_stage, lane);
+    load_chunks<kTokenTiles, kRagged>(xv, x.next_strip, x.next_cols_left, lane);
+  } else {
+    direct_fragments<kTokenTiles, kRagged>(bf, x.this_strip, x.cols_left, lane);
+  }
 
   // 1. decode: registers 4t .. 4t + 3 are the A fragment of tile t
   const CodeWords codes = code_words(in.data);
@@ -170,7 +260,8 @@ __device__ __forceinline__ void multiply_strip(float (&acc)[kTokenTiles][4], con
     patch_fallbacks(fallbacks, Overflow{stash, stream, in.skip + below}, slot_of);
   }
 
-  // 3. tensor cores: the strip's 4 tiles of 16x16 against every token tile
+  // 3. tensor cores: the strip's 4 tiles of 16x16 (A fragments back from the lane's own
+  // slice) against every token tile
 #pragma unroll
   for (int t = 0; t < 4; ++t) {
     const uint4 v = ld_shared_v4(lane_tile + 16 * t);
@@ -180,7 +271,7 @@ __device__ __forceinline__ void multiply_strip(float (&acc)[kTokenTiles][4], con
   }
 }
 
-template <int kWarps, int kRowGroups, int kTokenTiles, int kDepth>
+template <int kWarps, int kRowGroups, int kTokenTiles, int kDepth, bool kStageX>
 __device__ __forceinline__ void zipgemm_rows(const GemmArgs& a, unsigned char* smem) {
   constexpr int kTokens = kTokenTiles * 8;
   constexpr int kWarpsK = kWarps / kRowGroups;  // warps sharing one row group split its K
@@ -193,9 +284,11 @@ __device__ __forceinline__ void zipgemm_rows(const GemmArgs& a, unsigned char* s
   const int row_group = blockIdx.x * kRowGroups + warp % kRowGroups;
   const int slice = warp / kRowGroups;
   const int tok0 = blockIdx.y * kTokens;
-  unsigned char* warp_smem = smem + warp * (kWarpTileBytes + kBuffers * kStashBytes);
-  unsigned lane_tile = shared_address(warp_smem + lane * kLaneStageBytes);
-  unsigned stash_slots = shared_address(warp_smem + kWarpTileBytes);
+  constexpr int kStageBytes = warp_stage_bytes<kStageX ? kTokenTiles : 0>();
+  unsigned char* warp_smem = smem + warp * (kStageBytes + kBuffers * kStashBytes);
+  unsigned warp_stage = shared_address(warp_smem);
+  unsigned lane_tile = warp_stage + lane * kLaneStageBytes;
+  unsigned stash_slots = warp_stage + kStageBytes;
   unsigned stash_lane = stash_slots + 4 * lane;
   const bool rows_exist = row_group * kStripRows < a.n;
   const int count = rows_exist && slice < a.strips_per_row_group
@@ -211,13 +304,13 @@ __device__ __forceinline__ void zipgemm_rows(const GemmArgs& a, unsigned char* s
 #pragma unroll
   for (int t = 0; t < kTokenTiles; ++t) acc[t][0] = acc[t][1] = acc[t][2] = acc[t][3] = 0.f;
 
-  // This lane's activation rows (as 32-bit pairs, column 2q); tokens past M read row M - 1.
-  const unsigned* x_rows[kTokenTiles];
+  // This lane's token rows (l >> 2 of each token tile) at the slice's first column; tokens
+  // past M read row M - 1.
+  const unsigned short* x_rows[kTokenTiles];
 #pragma unroll
   for (int nt = 0; nt < kTokenTiles; ++nt)
-    x_rows[nt] = reinterpret_cast<const unsigned*>(
-        a.x + static_cast<long long>(min(tok0 + nt * 8 + g, a.m - 1)) * a.k + slice * kStripCols +
-        2 * q);
+    x_rows[nt] = a.x + static_cast<long long>(min(tok0 + nt * 8 + (lane >> 2), a.m - 1)) * a.k +
+                 slice * kStripCols;
 
   // Strip j of this warp (strip number strip0 + j * kWarpsK of the matrix): its data sits in
   // ring[j % kBuffers], loaded at iteration j - kDepth; its fallback offset in
@@ -240,8 +333,21 @@ __device__ __forceinline__ void zipgemm_rows(const GemmArgs& a, unsigned char* s
     ring[0].stash = stash_source.load(offsets[0]);
     ring[0].skip = offsets[0] & 3;
   }
+  // activations of strip j (clamped to the warp's last full strip: prefetches past it)
+  const auto x_at = [&](const unsigned short* (&row)[kTokenTiles], int j) {
+    const int column = min(j, last) * kWarpsK * kStripCols;
+#pragma unroll
+    for (int nt = 0; nt < kTokenTiles; ++nt) row[nt] = x_rows[nt] + column;
+  };
+  uint4 xv[kTokenTiles][2];  // staged chunks of the next strip (kStageX)
+  if (kStageX && full > 0) {
+    const unsigned short* first[kTokenTiles];
+    x_at(first, 0);
+    load_chunks<kTokenTiles, false>(xv, first, a.k, lane);
+  }
 
   for (int j0 = 0; j0 < full; j0 += kBuffers) {
+    pin(warp_stage);
     pin(lane_tile);
     pin(stash_slots);
     pin(stash_lane);
@@ -261,11 +367,13 @@ __device__ __forceinline__ void zipgemm_rows(const GemmArgs& a, unsigned char* s
       next.skip = offsets[(u + 1) % kBuffers] & 3;
       const int offset = offsets[u];
       offsets[u] = streams.offset(strip_at(j + kBuffers));  // offsets[u] is free again
-      multiply_strip<kTokenTiles, false>(acc, ring[u], x_rows, kStripCols, base_pair, lane_tile,
-                                         stash_slots + u * kStashBytes,
-                                         stash_lane + u * kStashBytes, a, offset);
-#pragma unroll
-      for (int nt = 0; nt < kTokenTiles; ++nt) x_rows[nt] += kWarpsK * kStripCols / 2;
+      StripActivations<kTokenTiles> x;
+      x_at(x.this_strip, j);
+      x_at(x.next_strip, j + 1);
+      x.cols_left = x.next_cols_left = a.k;  // not ragged: no bounds needed
+      multiply_strip<kTokenTiles, kStageX, false>(acc, ring[u], xv, x, base_pair,
+                                         warp_stage, lane_tile, stash_slots + u * kStashBytes,
+                                         stash_lane + u * kStashBytes, a, offset, lane);
     }
   }
   if (owns_ragged) {  // once per row: load it directly
@@ -276,9 +384,15 @@ __device__ __forceinline__ void zipgemm_rows(const GemmArgs& a, unsigned char* s
     const int offset = streams.offset(s);
     ragged.stash = stash_source.load(offset);
     ragged.skip = offset & 3;
-    const int col_left = a.k - (slice + full * kWarpsK) * kStripCols - 2 * q;
-    multiply_strip<kTokenTiles, true>(acc, ragged, x_rows, col_left, base_pair, lane_tile,
-                                      stash_slots, stash_lane, a, offset);
+    StripActivations<kTokenTiles> x;
+#pragma unroll
+    for (int nt = 0; nt < kTokenTiles; ++nt)
+      x.this_strip[nt] = x.next_strip[nt] = x_rows[nt] + full * kWarpsK * kStripCols;
+    x.cols_left = x.next_cols_left = a.k - (slice + full * kWarpsK) * kStripCols;
+    if constexpr (kStageX) load_chunks<kTokenTiles, true>(xv, x.this_strip, x.cols_left, lane);
+    multiply_strip<kTokenTiles, kStageX, true>(acc, ragged, xv, x, base_pair, warp_stage,
+                                               lane_tile, stash_slots, stash_lane, a, offset,
+                                               lane);
   }
 
   // Sum each row group's K-slice partials in slice order and write BF16 rows of y.
