@@ -1,5 +1,7 @@
 """One fused ZipGEMM launch per configuration, for Nsight Compute:
-    ncu --clock-control none -k regex:zipgemm --section ... python benchmarks/profile_gemm.py N K M W T D [W T D ...]"""
+    ncu --clock-control none -k regex:zipgemm --section ... \
+        python benchmarks/profile_gemm.py N K M W T D RG SX [W T D RG SX ...]
+(W T D RG SX: warps_per_cta token_tiles depth row_groups stage_x, stage_x as 0/1)"""
 import sys
 
 import torch
@@ -9,7 +11,8 @@ from zipgen.codegen import ZipGemmConfig
 from zipgen.runtime import gemm
 
 n, k, m = map(int, sys.argv[1:4])
-cfgs = [ZipGemmConfig(*map(int, sys.argv[i:i + 3])) for i in range(4, len(sys.argv), 3)]
+cfgs = [ZipGemmConfig(*map(int, sys.argv[i:i + 4]), bool(int(sys.argv[i + 4])))
+        for i in range(4, len(sys.argv), 5)]
 w = (torch.randn(n, k, device="cuda") * 0.015).to(torch.bfloat16)
 ct = zipgen.compress(w)
 x = torch.randn(m, k, device="cuda").to(torch.bfloat16)
