@@ -100,10 +100,10 @@ class ZipGemmConfig(_Config):
 
     @property
     def smem_bytes(self) -> int:
-        # per warp (zipgemm_kernel.cuh): 32 lanes x 80 B of staged registers, a region the
-        # activations of each token tile (8 rows at a pitch of 144 B) reuse, + one 128 B
-        # fallback stash per ring buffer (depth + 1)
-        stage = max(32 * 80, self.token_tiles * 8 * 144 if self.stage_x else 0)
+        # per warp (zipgemm_kernel.cuh): 32 lanes x 80 B of staged registers, the staged
+        # activations (8 rows at a pitch of 144 B per token tile), one 128 B fallback stash
+        # per ring buffer (depth + 1)
+        stage = 32 * 80 + (self.token_tiles * 8 * 144 if self.stage_x else 0)
         tiles = self.warps_per_cta * (stage + (self.depth + 1) * 128)
         partials = self.warps_per_cta * 16 * self.tokens * 4  # FP32 partial sums (reuses tiles)
         return max(tiles, partials)

@@ -26,14 +26,15 @@ constexpr int kLaneStageBytes = 80;
 constexpr int kWarpTileBytes = kLanes * kLaneStageBytes;
 // A token tile's activations of one strip (8 tokens x 64 columns), staged so that ldmatrix
 // builds the mma B fragments: rows of 128 bytes at a pitch of 144, so that the 8 rows one
-// ldmatrix phase reads fall into different banks. It reuses the warp's tile region once the
-// A fragments are back in registers.
+// ldmatrix phase reads fall into different banks.
 constexpr int kXPitchBytes = 144;
 constexpr int kXTileBytes = 8 * kXPitchBytes;
 
-template <int kTokenTiles>
+// A warp's shared memory: its lanes' decode tiles, the staged activations (stage_x only), then
+// one fallback stash per ring buffer.
+template <int kTokenTiles, bool kStageX>
 __host__ __device__ constexpr int warp_stage_bytes() {
-  return kWarpTileBytes > kTokenTiles * kXTileBytes ? kWarpTileBytes : kTokenTiles * kXTileBytes;
+  return kWarpTileBytes + (kStageX ? kTokenTiles * kXTileBytes : 0);
 }
 
 // Keep a loop-invariant value in a register. ptxas otherwise recomputes lane-derived values
@@ -143,7 +144,7 @@ __device__ __forceinline__ void direct_fragments(unsigned (&bf)[kTokenTiles][4][
 }
 
 // Staged: lanes load whole 16-byte chunks (lane l: chunks 2 (l & 3) and 2 (l & 3) + 1 of its
-// row), a strip ahead, store them to shared memory and read B fragments back with ldmatrix.
+// row), store them to shared memory and read B fragments back with ldmatrix.
 template <int kTokenTiles, bool kRagged>
 __device__ __forceinline__ void load_chunks(uint4 (&xv)[kTokenTiles][2],
                                             const unsigned short* const (&x_strip)[kTokenTiles],
@@ -158,70 +159,62 @@ __device__ __forceinline__ void load_chunks(uint4 (&xv)[kTokenTiles][2],
                       : make_uint4(0, 0, 0, 0);
 }
 
-// bf[nt][t] = {b0, b1} of tensor-core tile t (columns 16t .. 16t + 15) from staged chunks. The
-// region is the lanes' decode tiles, so every lane must be done with its tile first (and, after
-// this, done reading the activations before the decode stores again): the __syncwarp()s.
+// Rows at a pitch of 9 chunks; a lane's two chunks are 2 (l & 3) + h, so the 8 lanes of a
+// store phase (two rows) hit 8 different 4-bank groups, and so do the 8 rows of an ldmatrix.
 template <int kTokenTiles>
-__device__ __forceinline__ void staged_fragments(unsigned (&bf)[kTokenTiles][4][2],
-                                                 const uint4 (&xv)[kTokenTiles][2],
-                                                 unsigned warp_stage, int lane) {
-  // rows at a pitch of 9 chunks; a lane's two chunks are 2 (l & 3) + h, so the 8 lanes of a
-  // store phase (two rows) hit 8 different 4-bank groups, and so do the 8 rows of an ldmatrix
-  const unsigned store_at = warp_stage + (lane >> 2) * kXPitchBytes + 32 * (lane & 3);
-  __syncwarp();
+__device__ __forceinline__ void store_chunks(const uint4 (&xv)[kTokenTiles][2], unsigned x_stage,
+                                             int lane) {
+  const unsigned at = x_stage + (lane >> 2) * kXPitchBytes + 32 * (lane & 3);
 #pragma unroll
   for (int nt = 0; nt < kTokenTiles; ++nt)
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
       const uint4 v = xv[nt][h];
-      st_shared_v4(store_at + nt * kXTileBytes + 16 * h, v.x, v.y, v.z, v.w);
+      st_shared_v4(at + nt * kXTileBytes + 16 * h, v.x, v.y, v.z, v.w);
     }
-  __syncwarp();
-  // ldmatrix.x4: lane l addresses row l & 7 of matrix l >> 3 = columns 8 (l >> 3) ..; matrices
-  // 0-3 are b0, b1 of tile 2p and b0, b1 of tile 2p + 1 (64 bytes further for p = 1)
-  const unsigned read_at = warp_stage + (lane & 7) * kXPitchBytes + 16 * (lane >> 3);
-#pragma unroll
-  for (int nt = 0; nt < kTokenTiles; ++nt)
-#pragma unroll
-    for (int p = 0; p < 2; ++p) {
-      unsigned r[4];
-      ldmatrix_x4_shared(r, read_at + nt * kXTileBytes + 64 * p);
-      bf[nt][2 * p][0] = r[0];
-      bf[nt][2 * p][1] = r[1];
-      bf[nt][2 * p + 1][0] = r[2];
-      bf[nt][2 * p + 1][1] = r[3];
-    }
-  __syncwarp();
 }
 
-// Where a strip's activations come from (see above): this strip's and the next one's row
-// starts, the columns left, and the staged chunks loaded a strip ahead (unused when direct).
+// bf[t] = {b0, b1} of tensor-core tile t (columns 16t .. 16t + 15) of one staged token tile.
+// ldmatrix.x4: lane l addresses row l & 7 of matrix l >> 3 = columns 8 (l >> 3) ..; matrices
+// 0-3 are b0, b1 of tile 2p and b0, b1 of tile 2p + 1 (64 bytes further for p = 1).
+__device__ __forceinline__ void staged_fragments(unsigned (&bf)[4][2], unsigned x_tile, int lane) {
+  const unsigned read_at = x_tile + (lane & 7) * kXPitchBytes + 16 * (lane >> 3);
+#pragma unroll
+  for (int p = 0; p < 2; ++p) {
+    unsigned r[4];
+    ldmatrix_x4_shared(r, read_at + 64 * p);
+    bf[2 * p][0] = r[0];
+    bf[2 * p][1] = r[1];
+    bf[2 * p + 1][0] = r[2];
+    bf[2 * p + 1][1] = r[3];
+  }
+}
+
+// Where a strip's activations come from (see above): its token rows at the strip's first
+// column, and K minus that column.
 template <int kTokenTiles>
 struct StripActivations {
-  const unsigned short* this_strip[kTokenTiles];
-  const unsigned short* next_strip[kTokenTiles];
-  int cols_left;        // K - this strip's first column
-  int next_cols_left;   // K - the next strip's first column
+  const unsigned short* rows[kTokenTiles];
+  int cols_left;
 };
 
 // Decode one strip into this lane's shared-memory slice, patch its fallbacks, and multiply.
 template <int kTokenTiles, bool kStageX, bool kRagged>
 __device__ __forceinline__ void multiply_strip(float (&acc)[kTokenTiles][4], const StripInput& in,
-                                               uint4 (&xv)[kTokenTiles][2],
                                                const StripActivations<kTokenTiles>& x,
                                                unsigned base_pair,
-                                               unsigned warp_stage, unsigned lane_tile,
+                                               unsigned x_stage, unsigned lane_tile,
                                                unsigned stash, unsigned stash_lane,
                                                const GemmArgs& a, int offset_if_overflow,
                                                int lane) {
-  // 0. activations: direct loads, in flight while the strip decodes; or this strip's staged
-  // chunks (in xv since the previous strip) to B fragments, and the next strip's loaded
+  // 0. activations, in flight while the strip decodes: B fragments (direct) or 16-byte chunks
+  // to stage (kStageX)
   unsigned bf[kTokenTiles][4][2];
+  uint4 xv[kTokenTiles][2];
   if constexpr (kStageX) {
-    staged_fragments<kTokenTiles>(bf, xv, warp_stage, lane);
-    load_chunks<kTokenTiles, kRagged>(xv, x.next_strip, x.next_cols_left, lane);
+    load_chunks<kTokenTiles, kRagged>(xv, x.rows, x.cols_left, lane);
   } else {
-    direct_fragments<kTokenTiles, kRagged>(bf, x.this_strip, x.cols_left, lane);
+    direct_fragments<kTokenTiles, kRagged>(bf, x.rows, x.cols_left, lane);
   }
 
   // 1. decode: registers 4t .. 4t + 3 are the A fragment of tile t
@@ -238,6 +231,10 @@ __device__ __forceinline__ void multiply_strip(float (&acc)[kTokenTiles][4], con
   const int own = __popc(fallbacks);
   const int below = lanes_below(own);
   const int total = __shfl_sync(0xFFFFFFFFu, below + own, 31);
+  if constexpr (kStageX) {
+    __syncwarp();  // every lane is done with the previous strip's staged activations
+    store_chunks<kTokenTiles>(xv, x_stage, lane);
+  }
   st_shared_u32(stash_lane, in.stash);  // stash + 4 lane
   __syncwarp();
   // plane bit b = r + 16e is half e of register r: byte 4r + 2e of the lane's slice
@@ -261,13 +258,29 @@ __device__ __forceinline__ void multiply_strip(float (&acc)[kTokenTiles][4], con
   }
 
   // 3. tensor cores: the strip's 4 tiles of 16x16 (A fragments back from the lane's own
-  // slice) against every token tile
+  // slice) against every token tile. Staged: one token tile at a time, re-reading the A
+  // fragments, so that only one tile's B fragments are live.
+  if constexpr (kStageX) {
 #pragma unroll
-  for (int t = 0; t < 4; ++t) {
-    const uint4 v = ld_shared_v4(lane_tile + 16 * t);
-    const unsigned af[4] = {v.x, v.y, v.z, v.w};
+    for (int nt = 0; nt < kTokenTiles; ++nt) {
+      unsigned b[4][2];
+      staged_fragments(b, x_stage + nt * kXTileBytes, lane);
 #pragma unroll
-    for (int nt = 0; nt < kTokenTiles; ++nt) mma_bf16_16816(acc[nt], af, bf[nt][t][0], bf[nt][t][1]);
+      for (int t = 0; t < 4; ++t) {
+        const uint4 v = ld_shared_v4(lane_tile + 16 * t);
+        const unsigned af[4] = {v.x, v.y, v.z, v.w};
+        mma_bf16_16816(acc[nt], af, b[t][0], b[t][1]);
+      }
+    }
+  } else {
+#pragma unroll
+    for (int t = 0; t < 4; ++t) {
+      const uint4 v = ld_shared_v4(lane_tile + 16 * t);
+      const unsigned af[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+      for (int nt = 0; nt < kTokenTiles; ++nt)
+        mma_bf16_16816(acc[nt], af, bf[nt][t][0], bf[nt][t][1]);
+    }
   }
 }
 
@@ -284,11 +297,11 @@ __device__ __forceinline__ void zipgemm_rows(const GemmArgs& a, unsigned char* s
   const int row_group = blockIdx.x * kRowGroups + warp % kRowGroups;
   const int slice = warp / kRowGroups;
   const int tok0 = blockIdx.y * kTokens;
-  constexpr int kStageBytes = warp_stage_bytes<kStageX ? kTokenTiles : 0>();
+  constexpr int kStageBytes = warp_stage_bytes<kTokenTiles, kStageX>();
   unsigned char* warp_smem = smem + warp * (kStageBytes + kBuffers * kStashBytes);
-  unsigned warp_stage = shared_address(warp_smem);
-  unsigned lane_tile = warp_stage + lane * kLaneStageBytes;
-  unsigned stash_slots = warp_stage + kStageBytes;
+  unsigned lane_tile = shared_address(warp_smem + lane * kLaneStageBytes);
+  unsigned x_stage = shared_address(warp_smem + kWarpTileBytes);
+  unsigned stash_slots = shared_address(warp_smem + kStageBytes);
   unsigned stash_lane = stash_slots + 4 * lane;
   const bool rows_exist = row_group * kStripRows < a.n;
   const int count = rows_exist && slice < a.strips_per_row_group
@@ -333,21 +346,8 @@ __device__ __forceinline__ void zipgemm_rows(const GemmArgs& a, unsigned char* s
     ring[0].stash = stash_source.load(offsets[0]);
     ring[0].skip = offsets[0] & 3;
   }
-  // activations of strip j (clamped to the warp's last full strip: prefetches past it)
-  const auto x_at = [&](const unsigned short* (&row)[kTokenTiles], int j) {
-    const int column = min(j, last) * kWarpsK * kStripCols;
-#pragma unroll
-    for (int nt = 0; nt < kTokenTiles; ++nt) row[nt] = x_rows[nt] + column;
-  };
-  uint4 xv[kTokenTiles][2];  // staged chunks of the next strip (kStageX)
-  if (kStageX && full > 0) {
-    const unsigned short* first[kTokenTiles];
-    x_at(first, 0);
-    load_chunks<kTokenTiles, false>(xv, first, a.k, lane);
-  }
-
   for (int j0 = 0; j0 < full; j0 += kBuffers) {
-    pin(warp_stage);
+    pin(x_stage);
     pin(lane_tile);
     pin(stash_slots);
     pin(stash_lane);
@@ -368,11 +368,11 @@ __device__ __forceinline__ void zipgemm_rows(const GemmArgs& a, unsigned char* s
       const int offset = offsets[u];
       offsets[u] = streams.offset(strip_at(j + kBuffers));  // offsets[u] is free again
       StripActivations<kTokenTiles> x;
-      x_at(x.this_strip, j);
-      x_at(x.next_strip, j + 1);
-      x.cols_left = x.next_cols_left = a.k;  // not ragged: no bounds needed
-      multiply_strip<kTokenTiles, kStageX, false>(acc, ring[u], xv, x, base_pair,
-                                         warp_stage, lane_tile, stash_slots + u * kStashBytes,
+#pragma unroll
+      for (int nt = 0; nt < kTokenTiles; ++nt) x.rows[nt] = x_rows[nt] + j * kWarpsK * kStripCols;
+      x.cols_left = a.k;  // not ragged: no bounds needed
+      multiply_strip<kTokenTiles, kStageX, false>(acc, ring[u], x, base_pair,
+                                         x_stage, lane_tile, stash_slots + u * kStashBytes,
                                          stash_lane + u * kStashBytes, a, offset, lane);
     }
   }
@@ -386,11 +386,9 @@ __device__ __forceinline__ void zipgemm_rows(const GemmArgs& a, unsigned char* s
     ragged.skip = offset & 3;
     StripActivations<kTokenTiles> x;
 #pragma unroll
-    for (int nt = 0; nt < kTokenTiles; ++nt)
-      x.this_strip[nt] = x.next_strip[nt] = x_rows[nt] + full * kWarpsK * kStripCols;
-    x.cols_left = x.next_cols_left = a.k - (slice + full * kWarpsK) * kStripCols;
-    if constexpr (kStageX) load_chunks<kTokenTiles, true>(xv, x.this_strip, x.cols_left, lane);
-    multiply_strip<kTokenTiles, kStageX, true>(acc, ragged, xv, x, base_pair, warp_stage,
+    for (int nt = 0; nt < kTokenTiles; ++nt) x.rows[nt] = x_rows[nt] + full * kWarpsK * kStripCols;
+    x.cols_left = a.k - (slice + full * kWarpsK) * kStripCols;
+    multiply_strip<kTokenTiles, kStageX, true>(acc, ragged, x, base_pair, x_stage,
                                                lane_tile, stash_slots, stash_lane, a, offset,
                                                lane);
   }
