@@ -28,7 +28,7 @@ def test_dry_run_lists_valid_and_filtered_configs(capsys, tmp_path):
             f"filtered out; {sampler} trials") in out
     assert "zipgemm on sm_80, M bucket 256: " in out
     assert "token_tiles=4 (32 tokens per CTA) for M bucket 1: mostly padding" in out
-    assert "B of shared memory exceed sm_80's 49152 B" in out
+    assert "B of shared memory exceed sm_80's" in out
     assert "row_groups=4 is not 1, 2 or 4 dividing warps_per_cta" in out
     assert "Would run " in out and "switch point" in out
     assert not list(tmp_path.iterdir()), "a dry run writes nothing"

@@ -69,7 +69,7 @@ def test_never_another_arch_even_of_the_same_device_name():
 def test_a_stale_or_invalid_config_is_skipped():
     renamed = rec(m=1, us=1.0, config={"warps": 8},
                   target=dict(arch="sm_80", device_name=A100, sm_count=108))
-    too_big = zg(ZipGemmConfig(16, 8, 1, 1), us=2.0)  # 64 KB of shared memory on sm_80
+    too_big = zg(ZipGemmConfig(16, 8, 4, 1, True), us=2.0)  # 198 KB of shared memory on sm_80
     idx = {r.key + (i,): r for i, r in enumerate([renamed, too_big, zg(B, us=5.0)])}
     assert lookup("zipgemm", A100, "sm_80", 4096, 4096, 1, idx) == (B, "exact")
 

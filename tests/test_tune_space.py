@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from zipgen.codegen import ARCHES, DecodeConfig
+from zipgen.codegen import ARCHES, DecodeConfig, ZipGemmConfig
 from zipgen.runtime.gemm import fused_config
 from zipgen.tune import M_BUCKETS, enumerate_space, m_bucket
 from zipgen.tune.space import VALUES, token_tiles_for
@@ -50,7 +50,8 @@ def test_rejection_reasons_name_the_cause():
     reasons = {cfg: r for cfg, r in space.rejected}
     too_big = next(c for c in reasons if c.token_tiles == 4)
     assert any("mostly padding" in r and "M bucket 1" in r for r in reasons[too_big])
-    smem = next(c for c in reasons if c.warps_per_cta == 16 and c.token_tiles == 8)
+    smem = next(c for c in reasons if c.warps_per_cta == 16 and c.token_tiles == 8
+                and c.stage_x and c.depth == 4)  # 198 KB
     assert any("shared memory" in r for r in reasons[smem])
     odd = next(c for c in reasons if c.warps_per_cta == 2 and c.row_groups == 4)
     assert any("row_groups" in r for r in reasons[odd])
@@ -69,4 +70,6 @@ def test_defaults_are_in_their_space():
 def test_fields_are_the_values_of_valid_configs():
     space = enumerate_space("zipgemm", "sm_80", 128)
     assert space.fields["token_tiles"] == (8,)
-    assert 16 not in space.fields["warps_per_cta"]  # 16 warps x 64 tokens overflow shared memory
+    assert space.fields["stage_x"] == (False, True)
+    # 16 warps x 64 tokens x 4 buffers of stash, staged, overflow sm_80's shared memory
+    assert ZipGemmConfig(16, 8, 4, 1, True) not in space.valid

@@ -11,7 +11,8 @@ zipgemm_sm80_r16_t8_w8_d2(const uint4* __restrict__ sign_mantissa, const unsigne
     const unsigned short* __restrict__ x, const unsigned short* __restrict__ bias,
     unsigned short* __restrict__ y, int m, int n, int k, int strips_per_row_group,
     int fallback_bytes, int base) {
-  __shared__ __align__(16) unsigned char smem[23552];
+  // 23552 bytes, dynamic: the launch passes them (and opts in above 48 KB)
+  extern __shared__ __align__(16) unsigned char smem[];
   const zipgen::GemmArgs args{sign_mantissa, planes, fallback_exponents, fallback_offsets, x, bias,
                               y, m, n, k, strips_per_row_group, fallback_bytes, base};
   zipgen::zipgemm_rows<8, 1, 1, 2, false>(

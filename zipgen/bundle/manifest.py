@@ -32,7 +32,7 @@ class KernelEntry:
     size: int
     source_sha256: str  # of the rendered CUDA source: a stale template is caught at load
     threads_per_cta: int  # launch shape
-    static_smem_bytes: int
+    static_smem_bytes: int  # shared memory per CTA (for zipgemm: dynamic, passed at launch)
     registers: int | None  # from cuobjdump when it was available at build time, else None
     shared_memory: int | None
     local_memory: int | None

@@ -47,6 +47,8 @@ class DecodeConfig(_Config):
     def smem_bytes(self) -> int:
         return self.warps_per_cta * 16 * 36 * 4  # staging tile per warp (decode_kernel.cuh)
 
+    dynamic_smem = False  # static __shared__ array: nothing to pass at launch
+
     def kernel_name(self, arch: ArchTraits) -> str:
         return f"zipgen_decode_{arch.short}_w{self.warps_per_cta}_s{self.strips_per_warp}"
 
@@ -85,10 +87,13 @@ class ZipGemmConfig(_Config):
             out.append(f"stage_x={self.stage_x!r} is not a bool")
         if self.row_groups not in (1, 2, 4) or self.warps_per_cta % self.row_groups:
             out.append(f"row_groups={self.row_groups} is not 1, 2 or 4 dividing warps_per_cta")
-        if not out and self.smem_bytes > arch.max_smem_static:
+        if not out and self.smem_bytes > arch.max_smem_per_block:
             out.append(f"{self.smem_bytes} B of shared memory exceed {arch.name}'s "
-                       f"{arch.max_smem_static} B")
+                       f"{arch.max_smem_per_block} B")
         return out
+
+    # extern __shared__: the launch passes smem_bytes, with the opt-in attribute above 48 KB
+    dynamic_smem = True
 
     @property
     def tokens(self) -> int:

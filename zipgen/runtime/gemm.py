@@ -52,7 +52,8 @@ def fused_config(m: int, n: int, k: int) -> ZipGemmConfig:
     else:
         candidates = [ZipGemmConfig(16, tiles, 1, 1, stage), ZipGemmConfig(8, tiles, 1, 1, stage)]
     candidates.append(ZipGemmConfig(4, tiles, 1, 1, stage))  # fits every arch's static shared memory
-    return next(c for c in candidates if not c.problems(ARCHES["sm_80"]))
+    # the first that every arch can run (sm_86 / sm_89 allow the least shared memory)
+    return next(c for c in candidates if not any(c.problems(a) for a in ARCHES.values()))
 
 
 def _check(x: torch.Tensor, w: CompressedTensor, bias, out):
@@ -106,7 +107,7 @@ def gemm(x: torch.Tensor, w: CompressedTensor, bias: torch.Tensor | None = None,
         # the tuned winner for (device, N, K, M bucket), else fused_config; cached per key
         cfg = config or dispatch.choose("zipgemm", x.device, n, k, m, fused_config)
         kernel = get_kernel("zipgemm", cfg, x.device)
-        launch(kernel, grid=cfg.grid(n, m), block=(cfg.threads,),
+        launch(kernel, grid=cfg.grid(n, m), block=(cfg.threads,), shared_bytes=cfg.smem_bytes,
                args=(w.sign_mantissa, w.planes, w.fallback_exponents, w.fallback_offsets, x2,
                      bias, y2, m, n, k, padded_shape(n, k)[1] // 64,
                      w.fallback_exponents.numel(), w.base),

@@ -54,8 +54,29 @@ def get_kernel(op: str, config, device: torch.device):
                 _make_current(index)
                 code = _cuda_core().ObjectCode.from_cubin(resolved.cubin)
                 kernel = code.get_kernel(resolved.kernel_name)
+                if getattr(config, "dynamic_smem", False) and config.smem_bytes > _STATIC_SMEM_LIMIT:
+                    _allow_dynamic_smem(kernel, config.smem_bytes, index)
                 _kernels[key] = kernel
     return kernel
+
+
+# Shared memory a kernel may use without opting in (every arch zipgen supports).
+_STATIC_SMEM_LIMIT = 48 * 1024
+
+
+def _allow_dynamic_smem(kernel, nbytes: int, device_index: int) -> None:
+    """Opt a kernel into more than 48 KB of dynamic shared memory on one device."""
+    from cuda.bindings import driver
+
+    attribute = driver.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
+    handle = kernel.handle
+    if isinstance(handle, driver.CUkernel):  # library-loaded kernels (cuda.core)
+        err, = driver.cuKernelSetAttribute(attribute, nbytes, handle, device_index)
+    else:
+        err, = driver.cuFuncSetAttribute(handle, attribute, nbytes)
+    if err != driver.CUresult.CUDA_SUCCESS:
+        raise ZipgenError(f"could not allow {nbytes} B of dynamic shared memory for a kernel on "
+                          f"cuda:{device_index}: {err.name}")
 
 
 _streams: dict[int, object] = {}
