@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 import zipgen
 from zipgen.runtime import FUSED_MAX_M, gemm
+from zipgen.tune import dispatch
 
 from _timing import copy_bandwidth_tbs, graph_time_us, header, rotation_count
 
@@ -61,8 +62,8 @@ def main():
     ms = [int(v) for v in args.ms.split(",")]
     print(header("ZipGEMM vs cuBLAS (benchmarks/gemm.py)"))
     copy = copy_bandwidth_tbs()
-    print(f"# device-to-device copy: {copy:.2f} TB/s (read + write); fused used for M <= "
-          f"{FUSED_MAX_M}")
+    print(f"# device-to-device copy: {copy:.2f} TB/s (read + write); zipgen = the runtime's "
+          f"choice: fused up to the tuned switch point of the shape (default M <= {FUSED_MAX_M})")
     print("| layer | M | cuBLAS µs | zipgen µs | speedup | fused µs | decode+cuBLAS µs "
           "| fused stream TB/s | % of copy |")
     print("|---|---|---|---|---|---|---|---|---|")
@@ -79,7 +80,9 @@ def main():
                                          for x, c in zip(xs, cts)]) if m <= 256 else math.nan
                 t_decode = graph_time_us([lambda x=x, c=c: gemm(x, c, fused=False)
                                           for x, c in zip(xs, cts)])
-                t_auto = t_fused if m <= FUSED_MAX_M else t_decode
+                # the runtime's choice: the tuned switch point of the shape, else FUSED_MAX_M
+                switch = dispatch.fused_max_m(torch.device("cuda"), n, k, FUSED_MAX_M)
+                t_auto = t_fused if m <= switch else t_decode
                 stream_tbs = comp / (t_fused * 1e-6) / 1e12
                 r = dict(layer=name, n=n, k=k, m=m, cublas_us=t_cublas, zipgen_us=t_auto,
                          speedup=t_cublas / t_auto, fused_us=t_fused, decode_cublas_us=t_decode,

@@ -19,9 +19,10 @@ from .decode import decompress_cuda
 from .kernels import get_kernel, launch
 
 # Largest M for which the fused kernel is used; above it, decode + cuBLAS. From the fused vs
-# decode+cuBLAS columns of benchmarks/gemm.py on an H200 (BENCHMARKS.md); the tuned switch point of
-# the device and shape replaces it when the tuning database has one (zipgen.tune.dispatch).
-FUSED_MAX_M = 16
+# decode+cuBLAS columns of benchmarks/gemm.py on an H200 (BENCHMARKS.md: fused wins at M = 32 on
+# every Llama layer but the 8B qkv, loses at 64); the tuned switch point of the device and shape
+# replaces it when the tuning database has one (zipgen.tune.dispatch).
+FUSED_MAX_M = 32
 
 _scratch_lock = threading.Lock()
 _scratch: dict[tuple, torch.Tensor] = {}
