@@ -1,21 +1,38 @@
 """A small decode + fused GEMM run for compute-sanitizer (memcheck / racecheck):
-    compute-sanitizer --tool memcheck python benchmarks/sanitize.py"""
+    compute-sanitizer --tool memcheck python benchmarks/sanitize.py
+    compute-sanitizer --tool racecheck python benchmarks/sanitize.py
+Covers both activation paths (direct, staged), a ragged last strip (K % 64 != 0), more than
+48 KB of dynamic shared memory, and fallback-heavy weights (the stash overflow path)."""
 import torch
 
 import zipgen
+from zipgen.codegen import ZipGemmConfig
 from zipgen.runtime import decompress_cuda, gemm
 
 w = (torch.randn(333, 1000, device="cuda") * 0.02).to(torch.bfloat16)
 w.view(torch.int16).view(-1)[::97] = 0x7F81  # NaN payloads: fallbacks everywhere
 ct = zipgen.compress(w)
 assert torch.equal(decompress_cuda(ct).view(torch.int16), w.view(torch.int16))
-w2 = (torch.randn(300, 1024, device="cuda") * 0.02).to(torch.bfloat16)
+
+
+def check(w, ct, m, cfg):
+    x = torch.randn(m, w.shape[1], device="cuda").to(torch.bfloat16)
+    bias = torch.randn(w.shape[0], device="cuda").to(torch.bfloat16)
+    y = gemm(x, ct, bias, fused=True, config=cfg)
+    ref = x.float() @ w.float().t() + bias.float()
+    assert float((y.float() - ref).norm() / ref.norm()) < 5e-3, cfg
+
+
+w2 = (torch.randn(300, 1608, device="cuda") * 0.02).to(torch.bfloat16)  # ragged: K % 64 = 8
 ct2 = zipgen.compress(w2)
-for m in (1, 9, 40):
-    x = torch.randn(m, 1024, device="cuda").to(torch.bfloat16)
-    bias = torch.randn(300, device="cuda").to(torch.bfloat16)
-    y = gemm(x, ct2, bias, fused=True)
-    ref = x.float() @ w2.float().t() + bias.float()
-    assert float((y.float() - ref).norm() / ref.norm()) < 5e-3
+heavy = (torch.randn(64, 1024, device="cuda") * 0.02).to(torch.bfloat16)
+heavy.view(torch.int16).view(-1)[::5] = 0x0001  # subnormals: > 128 fallbacks per strip
+ct3 = zipgen.compress(heavy)
+for cfg in (ZipGemmConfig(4, 1, 1, 1, False), ZipGemmConfig(4, 2, 2, 1, True),
+            ZipGemmConfig(16, 1, 1, 2, True),  # 63.5 KB of dynamic shared memory
+            ZipGemmConfig(8, 4, 3, 1, True)):
+    for m in (1, 9, 40):
+        check(w2, ct2, m, cfg)
+    check(heavy, ct3, 5, cfg)
 torch.cuda.synchronize()
 print("sanitize run finished")
