@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 from ..codegen import ARCHES
@@ -85,10 +86,12 @@ def cmd_tune(args) -> int:
     total = sum(s[-1] for s in plan) + sum(switch_steps for _, _, k in shapes if k % 8 == 0)
     print(f"zipgen tune: {target.device_name} ({target.arch}, {target.sm_count} SMs); "
           f"{len(plan)} studies; records go to {db.folder}", flush=True)
+    started = time.monotonic()
     with tqdm(total=total, unit="trial", disable=args.quiet, file=sys.stderr) as bar:
         tuner.progress = bar
         report = tuner.run()
     print(summary(report, db))
+    print(f"Took {time.monotonic() - started:.0f} s.")
     return 0
 
 
