@@ -19,36 +19,17 @@ from pathlib import Path
 from cuda.pathfinder import find_nvidia_binary_utility
 
 from zipgen.codegen import OPS, build_kernel
-
-LINE = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)([^;]*);")
-
+from zipgen.compile.sass import main_loop, sass_rows, strips_in
 
 def sass_lines(cubin: bytes, tool: str):
+    """The SASS rows and cuobjdump's resource line (REG / STACK / SHARED / LOCAL)."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "k.cubin"
         path.write_bytes(cubin)
-        sass = subprocess.run([tool, "--dump-sass", str(path)], capture_output=True, text=True,
-                              check=True).stdout
         usage = subprocess.run([tool, "--dump-resource-usage", str(path)], capture_output=True,
                                text=True, check=True).stdout
-    rows = [(int(m.group(1), 16), m.group(3) if not m.group(2) else "@" + m.group(3), m.group(4))
-            for m in LINE.finditer(sass)]  # predicated instructions keep an "@" prefix
-    return rows, re.search(r"REG:\d+ STACK:\d+ SHARED:\d+ LOCAL:\d+", usage).group(0)
-
-
-def main_loop(rows):
-    """The instructions executed once per strip: the body of the longest backward branch that
-    holds a strip's decode (16 PRMT), ignoring the out-of-line code after the
-    first EXIT; a kernel without such a loop (one strip per warp) counts up to that EXIT."""
-    first_exit = next((a for a, op, _ in rows if op == "EXIT"), rows[-1][0])  # unpredicated
-    best = []
-    for addr, op, args in rows:
-        m = re.search(r"0x([0-9a-f]+)", args)
-        if op.lstrip("@").startswith("BRA") and m and int(m.group(1), 16) < addr <= first_exit:
-            body = [r for r in rows if int(m.group(1), 16) <= r[0] <= addr]
-            if sum(r[1].lstrip("@").startswith("PRMT") for r in body) >= 16 and len(body) > len(best):
-                best = body
-    return best or [r for r in rows if r[0] <= first_exit]
+    return sass_rows(cubin, tool), re.search(r"REG:\d+ STACK:\d+ SHARED:\d+ LOCAL:\d+",
+                                             usage).group(0)
 
 
 def source_lines(cubin: bytes, lo: int, hi: int) -> list[tuple[int, str, str]]:
@@ -90,7 +71,7 @@ def main():
     rows, usage = sass_lines(kernel.cubin, tool)
     body = main_loop(rows)
     mix = collections.Counter(op.lstrip("@").split(".")[0] for _, op, _ in body)
-    strips = max(1, mix["PRMT"] // 16)  # the loop body is unrolled over `strips` strips
+    strips = strips_in(body)  # the loop body is unrolled over `strips` strips
     print(f"{kernel.kernel_name}: {usage}; {len(rows)} instructions in all")
     print(f"main loop: {len(body)} instructions for {strips} strip(s) of 1024 weights = "
           f"{len(body) / strips:.1f} per strip (static count: rarely taken paths included, "

@@ -171,6 +171,32 @@ def test_default_kernel_sass_has_every_stage(built, op, tmp_path):
         assert count >= floor, f"{kernel.kernel_name}: {count} x {opcode}, expected >= {floor}"
 
 
+# Static SASS instructions per strip in the main loop of the fused kernel's M = 1 defaults on
+# sm_90 (fallback-patch and stash-overflow paths counted once): 228 / 237.5 when written
+# (docs/ZIPGEMM.md; version 1 of the loop had 397). The kernel is latency- and issue-sensitive,
+# so a template edit that adds work to the loop should show up here first.
+LOOP_CEILINGS = {(4, 1, 1, 1, False): 240, (4, 1, 1, 1, True): 250, (16, 1, 1, 2, True): 250}
+
+
+@pytest.mark.parametrize("fields", sorted(LOOP_CEILINGS))
+def test_fused_main_loop_stays_within_its_instruction_budget(fields, tmp_path):
+    tool = _cuobjdump()
+    from cuda.pathfinder import find_nvidia_binary_utility
+    if tool is None or find_nvidia_binary_utility("nvdisasm") is None:
+        pytest.skip("cuobjdump / nvdisasm not found (pip install nvidia-cuda-cuobjdump "
+                    "nvidia-cuda-nvdisasm)")
+    from zipgen.codegen import ZipGemmConfig
+    from zipgen.compile.sass import main_loop, sass_rows, strips_in
+    kernel = build_kernel("zipgemm", "sm_90", ZipGemmConfig(*fields))
+    body = main_loop(sass_rows(kernel.cubin, tool))
+    per_strip = len(body) / strips_in(body)
+    assert sum(op.lstrip("@").startswith("HMMA") for _, op, _ in body) >= 4 * strips_in(body)
+    assert per_strip <= LOOP_CEILINGS[fields], (
+        f"{kernel.kernel_name}: {per_strip:.1f} instructions per strip, budget "
+        f"{LOOP_CEILINGS[fields]} (python benchmarks/sass_report.py zipgemm sm_90 "
+        f"{' '.join(str(int(v)) for v in fields)} --lines shows where they go)")
+
+
 # --- validation ---------------------------------------------------------------------------------------
 
 

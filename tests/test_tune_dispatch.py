@@ -162,3 +162,29 @@ def test_gemm_takes_the_switch_point_and_config_from_dispatch(fake_gpu, monkeypa
     y = gemm_module.gemm(torch.cat([x, x]), ct)  # M = 80 > 64
     assert decoded == [ct] and len(launched) == 1
     assert torch.allclose(y.float(), torch.cat([x, x]).float() @ w.float().t(), rtol=2e-2, atol=2e-2)
+
+
+def test_records_of_other_kernel_sources_are_ignored_with_one_warning():
+    old, new, unknown = (zg(A, us=1.0), zg(B, us=5.0), zg(C, us=9.0))
+    old.env["headers_sha256"] = "headers of an older zipgen"
+    new.env["headers_sha256"] = "today's headers"
+    with pytest.warns(TuningDBWarning, match="ignored 1 tuning records measured with other kernel"):
+        kept = dispatch.current_kernels([old, new, unknown], headers_sha256="today's headers")
+    assert kept == [new, unknown]  # a record without the hash (hand-written) is kept
+    # the faster record of the old kernel no longer wins
+    assert lookup("zipgemm", A100, "sm_80", 4096, 4096, 1, winners(kept)) == (B, "exact")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert dispatch.current_kernels([new], headers_sha256="today's headers") == [new]
+
+
+def test_the_shipped_database_matches_the_shipped_kernels():
+    """tuning_db/ must be re-measured whenever the kernel headers change: stale records would be
+    ignored at run time, leaving users on the defaults."""
+    from zipgen.bundle.verify import current_headers_sha256
+    from zipgen.tune.db import read_records, shipped_folder
+    records = [r for r in read_records([shipped_folder()]) if r.status == "ok"]
+    assert records, "tuning_db/ ships no records"
+    stale = {r.env.get("headers_sha256") for r in records} - {current_headers_sha256()}
+    assert not stale, ("tuning_db/ was measured with other kernel headers: re-run zipgen tune on "
+                       "a GPU (tuning_db/README.md) or revert the header change")
