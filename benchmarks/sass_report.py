@@ -19,17 +19,17 @@ from pathlib import Path
 from cuda.pathfinder import find_nvidia_binary_utility
 
 from zipgen.codegen import OPS, build_kernel
+from zipgen.compile.cuobjdump import resource_usage
 from zipgen.compile.sass import main_loop, sass_rows, strips_in
 
-def sass_lines(cubin: bytes, tool: str):
-    """The SASS rows and cuobjdump's resource line (REG / STACK / SHARED / LOCAL)."""
+
+def usage_line(cubin: bytes, name: str, tool: str) -> str:
+    """cuobjdump's resource usage of the kernel, as "REG:64 STACK:0 SHARED:1024 LOCAL:0"."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "k.cubin"
         path.write_bytes(cubin)
-        usage = subprocess.run([tool, "--dump-resource-usage", str(path)], capture_output=True,
-                               text=True, check=True).stdout
-    return sass_rows(cubin, tool), re.search(r"REG:\d+ STACK:\d+ SHARED:\d+ LOCAL:\d+",
-                                             usage).group(0)
+        usage = resource_usage(tool, path).get(name, {})
+    return " ".join(f"{k}:{usage.get(k, '?')}" for k in ("REG", "STACK", "SHARED", "LOCAL"))
 
 
 def source_lines(cubin: bytes, lo: int, hi: int) -> list[tuple[int, str, str]]:
@@ -68,7 +68,7 @@ def main():
     tool = find_nvidia_binary_utility("cuobjdump")
     if tool is None:
         sys.exit("cuobjdump not found: pip install nvidia-cuda-cuobjdump")
-    rows, usage = sass_lines(kernel.cubin, tool)
+    rows, usage = sass_rows(kernel.cubin, tool), usage_line(kernel.cubin, kernel.kernel_name, tool)
     body = main_loop(rows)
     mix = collections.Counter(op.lstrip("@").split(".")[0] for _, op, _ in body)
     strips = strips_in(body)  # the loop body is unrolled over `strips` strips

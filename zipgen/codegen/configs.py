@@ -67,9 +67,8 @@ class ZipGemmConfig(_Config):
     token_tiles: int = 1
     depth: int = 2
     row_groups: int = 1
-    # activations through shared memory (16-byte loads a strip ahead, ldmatrix) instead of
-    # each lane loading its B fragments: fewer L1 wavefronts once token rows differ (M > 1),
-    # more registers
+    # activations through shared memory (16-byte loads, ldmatrix) instead of each lane loading
+    # its B fragments: 8x fewer L1 wavefronts once token rows differ (M > 1), more registers
     stage_x: bool = False
 
     op = "zipgemm"

@@ -52,7 +52,7 @@ def fused_config(m: int, n: int, k: int) -> ZipGemmConfig:
         candidates = [ZipGemmConfig(4, tiles, 1, 1, stage)]
     else:
         candidates = [ZipGemmConfig(16, tiles, 1, 1, stage), ZipGemmConfig(8, tiles, 1, 1, stage)]
-    candidates.append(ZipGemmConfig(4, tiles, 1, 1, stage))  # fits every arch's static shared memory
+    candidates.append(ZipGemmConfig(4, tiles, 1, 1, stage))  # the smallest: fits every arch
     # the first that every arch can run (sm_86 / sm_89 allow the least shared memory)
     return next(c for c in candidates if not any(c.problems(a) for a in ARCHES.values()))
 

@@ -40,6 +40,10 @@ def _make_current(device_index: int) -> None:
         _current_devices.add(key)
 
 
+# Shared memory a kernel may use without opting in (every arch zipgen supports).
+_STATIC_SMEM_LIMIT = 48 * 1024
+
+
 def get_kernel(op: str, config, device: torch.device):
     """The loaded kernel for `config` on `device` (from a bundle, the cache, or NVRTC)."""
     index = device.index if device.index is not None else torch.cuda.current_device()
@@ -58,10 +62,6 @@ def get_kernel(op: str, config, device: torch.device):
                     _allow_dynamic_smem(kernel, config.smem_bytes, index)
                 _kernels[key] = kernel
     return kernel
-
-
-# Shared memory a kernel may use without opting in (every arch zipgen supports).
-_STATIC_SMEM_LIMIT = 48 * 1024
 
 
 def _allow_dynamic_smem(kernel, nbytes: int, device_index: int) -> None:

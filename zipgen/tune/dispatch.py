@@ -41,12 +41,11 @@ def reload(folders=None) -> None:
 def current_kernels(records, headers_sha256: str | None = None) -> list[Record]:
     """The records measured with today's kernel headers. A record whose env names other
     headers timed a kernel that no longer exists: its ranking of configurations says nothing
-    about the present one, so it is dropped with one warning (records without the hash, written
-    by hand or by older tools, are kept)."""
+    about the present one, so it is dropped with one warning (Record.measured_with)."""
     if headers_sha256 is None:
         from ..bundle.verify import current_headers_sha256
         headers_sha256 = current_headers_sha256()
-    kept = [r for r in records if r.env.get("headers_sha256") in (None, headers_sha256)]
+    kept = [r for r in records if r.measured_with(headers_sha256)]
     if len(kept) < len(records):
         warnings.warn(f"zipgen: ignored {len(records) - len(kept)} tuning records measured with "
                       f"other kernel sources (the templates changed since); re-run `zipgen tune` "

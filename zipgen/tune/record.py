@@ -73,6 +73,11 @@ class Record:
     def time(self) -> str:
         return self.env.get("time", "")
 
+    def measured_with(self, headers_sha256: str) -> bool:
+        """Whether this record timed the kernels of these headers (a record without the hash,
+        written by hand or by an older tool, counts as current)."""
+        return self.env.get("headers_sha256") in (None, headers_sha256)
+
     def to_json(self) -> dict:
         return {
             "schema": SCHEMA_VERSION,

@@ -105,7 +105,7 @@ class Tuner:
         # this target's records of today's kernels: older kernels' timings rank nothing now
         self.records = [r for r in db.read()
                         if (r.arch, r.device_name) == (target.arch, target.device_name)
-                        and r.env.get("headers_sha256") in (None, self.headers)]
+                        and r.measured_with(self.headers)]
         self.done = {self._identity(r.op, r.n, r.k, r.m_bucket, r.config, r.env): r
                      for r in self.records}
         self.report = Report()
