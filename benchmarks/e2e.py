@@ -74,6 +74,8 @@ def main(argv=None):
     ap.add_argument("--mode", choices=hf_bench.MODES, default="graph")
     ap.add_argument("--path", choices=list(hf_bench.PATHS), default="auto",
                     help="GEMM path of the compressed layers (auto: zipgen.runtime.gemm's choice)")
+    ap.add_argument("--compress-embeddings", action="store_true",
+                    help="also compress the input embedding table (zipgen.nn.ZipEmbedding)")
     ap.add_argument("--device", default="cuda", help="cpu only for a smoke test (--mode eager)")
     ap.add_argument("--json")
     args = ap.parse_args(argv)
@@ -87,7 +89,8 @@ def main(argv=None):
     print(f"# built in {time.perf_counter() - started:.1f} s; prompt {args.prompt}, "
           f"{args.new_tokens} new tokens, mode {args.mode}", flush=True)
     text, rows = hf_bench.compare(
-        model, lambda m: compress_model(m).summary(), batches=batches, prompt_len=args.prompt,
+        model, lambda m: compress_model(m, embeddings=args.compress_embeddings).summary(),
+        batches=batches, prompt_len=args.prompt,
         new_tokens=args.new_tokens, mode=args.mode, path=args.path,
         log=lambda s: print(s, flush=True))
     print(text)

@@ -89,6 +89,25 @@ def test_weight_memory_shrinks(llama):
     assert "% of BF16" in str(after)
 
 
+def test_compressed_embeddings_load_as_zipembedding(llama, tmp_path):
+    """`zipgen compress --compress-embeddings`: the table stays compressed in memory too."""
+    from zipgen.checkpoint import Policy
+    from zipgen.nn import ZipEmbedding
+
+    src, plain = llama
+    compress_checkpoint(src, tmp_path / "zg", Policy(exclude=()), progress=False)
+    model = hf.from_pretrained(tmp_path / "zg", device="cpu")
+    assert isinstance(model.model.embed_tokens, ZipEmbedding)
+    x = ids()
+    with torch.no_grad():
+        assert torch.equal(model(x).logits, reference(src)(x).logits)
+    with_table = hf.weight_memory(model)
+    without = hf.weight_memory(hf.from_pretrained(plain, device="cpu"))
+    assert with_table.total_as_bf16 == without.total_as_bf16
+    table = 2 * TINY["vocab_size"] * TINY["hidden_size"]
+    assert without.total - with_table.total > 0.25 * table  # the table at ~70 %, not 100 %
+
+
 def test_tied_embeddings_stay_tied(tmp_path):
     src = save_tiny(tmp_path / "src", transformers.LlamaConfig, transformers.LlamaForCausalLM,
                     tie_word_embeddings=True)
@@ -226,3 +245,9 @@ def test_e2e_benchmark_script_on_a_shrunk_model(monkeypatch, capsys, tmp_path):
     text = capsys.readouterr().out
     assert "synthetic" in text and "8 Linear layers compressed" in text and "100.0%" in text
     assert [r["agreement"] for r in json.loads(out.read_text())["rows"]] == [1.0, 1.0]
+    # the same with the embedding table compressed too: still the BF16 model's tokens
+    e2e.main(["--layers", "1", "--device", "cpu", "--mode", "eager", "--batches", "2",
+              "--prompt", "4", "--new-tokens", "3", "--compress-embeddings", "--json", str(out)])
+    text = capsys.readouterr().out
+    assert "9 layers (8 Linear, 1 embedding) compressed" in text
+    assert [r["agreement"] for r in json.loads(out.read_text())["rows"]] == [1.0]

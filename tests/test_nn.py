@@ -11,7 +11,7 @@ from torch import nn
 
 import zipgen
 from zipgen.errors import FormatError, InputError
-from zipgen.nn import (ZipLinear, compress_model, decompress_model, empty_weights,
+from zipgen.nn import (ZipEmbedding, ZipLinear, compress_model, decompress_model, empty_weights,
                        load_compressed)
 
 from conftest import assert_bit_exact
@@ -259,3 +259,92 @@ def test_load_compressed_into_a_plain_model(tmp_path):
         other = Other()
     assert load_compressed(other, tmp_path / "zg", strict=False).missing == ["extra.weight",
                                                                              "extra.bias"]
+
+
+# --- ZipEmbedding ----------------------------------------------------------------------------
+
+
+def bf16_embedding(num, dim, seed=0, padding_idx=None):
+    g = torch.Generator().manual_seed(seed)
+    emb = nn.Embedding(num, dim, padding_idx=padding_idx, dtype=torch.bfloat16)
+    with torch.no_grad():
+        emb.weight.copy_(torch.randn(num, dim, generator=g) * 0.02)
+    return emb
+
+
+@pytest.mark.parametrize("num,dim", [(1000, 128), (37, 70), (64, 64)])
+def test_embedding_lookup_equals_nn_embedding_bit_for_bit(num, dim):
+    emb = bf16_embedding(num, dim, padding_idx=0)
+    ze = ZipEmbedding.from_embedding(emb)
+    assert (ze.num_embeddings, ze.embedding_dim, ze.padding_idx) == (num, dim, 0)
+    assert_bit_exact(ze.decompressed_weight(), emb.weight.detach())
+    g = torch.Generator().manual_seed(5)
+    for shape in [(7,), (2, 9), (0,), ()]:
+        ids = torch.randint(0, num, shape, generator=g)
+        with torch.no_grad():
+            assert_bit_exact(ze(ids), emb(ids))
+    assert "bits_per_weight" in repr(ze)
+    if (num, dim) == (1000, 128):  # tiny odd tables pay for their padding
+        assert ze.nbytes < 0.75 * 2 * num * dim
+
+
+def test_embedding_state_dict_round_trip_and_errors():
+    ze = ZipEmbedding.from_embedding(bf16_embedding(300, 96))
+    fresh = ZipEmbedding(300, 96)
+    fresh.load_state_dict(ze.state_dict())
+    ids = torch.tensor([[0, 299, 5]])
+    assert torch.equal(fresh(ids).view(torch.int16), ze(ids).view(torch.int16))
+    with pytest.raises(InputError, match="300 x 96"):
+        ZipEmbedding(200, 96).load_state_dict(ze.state_dict())
+    with pytest.raises(InputError, match="BF16"):
+        ZipEmbedding.from_embedding(nn.Embedding(100, 64))
+    with pytest.raises(InputError, match="max_norm"):
+        ZipEmbedding.from_embedding(nn.Embedding(100, 64, max_norm=1.0, dtype=torch.bfloat16))
+    with pytest.raises(InputError, match="BF16"):
+        ZipEmbedding(10, 10, dtype=torch.float32)
+
+
+class Untied(Tiny):
+    def __init__(self):
+        super().__init__()
+        self.head.weight = nn.Parameter(self.embed.weight.detach().clone())
+
+
+def test_compress_model_with_embeddings():
+    model = Tiny()
+    report = compress_model(model, embeddings=True)
+    assert "embed" in report.skipped and "tied" in report.skipped["embed"]  # tied to head
+    model, ids = Untied(), torch.randint(0, 100, (2, 5))
+    with torch.no_grad():
+        before = model(ids)
+    report = compress_model(model, embeddings=True)
+    assert [r.name for r in report.layers] == ["embed", "up", "down", "head"]
+    assert "4 layers (3 Linear, 1 embedding) compressed" in report.summary()
+    assert isinstance(model.embed, ZipEmbedding) and isinstance(model.head, ZipLinear)
+    with torch.no_grad():
+        assert torch.equal(model(ids), before)
+    assert decompress_model(model) == 4
+    assert type(model.embed) is nn.Embedding and not model.embed.weight.requires_grad
+    with torch.no_grad():
+        assert torch.equal(model(ids), before)
+    assert [r.name for r in compress_model(Untied()).layers] == ["up", "down", "head"]
+
+
+def test_load_compressed_keeps_compressed_embeddings_compressed(tmp_path):
+    from safetensors.torch import save_file
+
+    from zipgen.checkpoint import Policy, compress_checkpoint
+
+    model = Untied()
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()},
+              str(tmp_path / "model.safetensors"))
+    compress_checkpoint(tmp_path / "model.safetensors", tmp_path / "zg",
+                        Policy(exclude=("fp32.*",)), progress=False)  # embeddings included
+    with empty_weights():
+        fresh = Untied()
+    report = load_compressed(fresh, tmp_path / "zg")
+    assert sorted(report.compressed) == ["down", "embed", "head", "up"] and not report.decoded
+    assert isinstance(fresh.embed, ZipEmbedding)
+    ids = torch.randint(0, 100, (2, 5))
+    with torch.no_grad():
+        assert torch.equal(fresh(ids), model(ids))

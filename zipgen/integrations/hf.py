@@ -7,7 +7,7 @@
 The folder is what `zipgen compress` writes from a Hugging Face model folder: safetensors shards,
 zipgen.json and the copied config.json / tokenizer / generation_config.json. The model is built
 from config.json with its parameters on the meta device (no memory, no random init), every
-Linear layer whose weight is compressed becomes a ZipLinear, and every tensor is loaded straight
+Linear layer (and embedding table) whose weight is compressed becomes a ZipLinear (ZipEmbedding), and every tensor is loaded straight
 onto `device`. Nothing depends on the architecture: Llama, Qwen2, Mistral and other models whose
 checkpoint names match their module names load the same way.
 
@@ -27,7 +27,7 @@ import torch
 
 from ..checkpoint.manifest import Manifest
 from ..errors import InputError
-from ..nn.linear import ZipLinear
+from ..nn.compressed import CompressedWeight
 from ..nn.replace import empty_weights, load_compressed
 from ..report import human_bytes
 
@@ -73,7 +73,7 @@ def from_pretrained(folder, device="cuda", dtype=torch.bfloat16, **kwargs):
 
 @dataclass(frozen=True)
 class WeightMemory:
-    compressed: int  # bytes of the ZipLinear streams
+    compressed: int  # bytes of the ZipLinear / ZipEmbedding streams
     raw: int  # bytes of every other parameter and buffer (biases, norms, embeddings, ...)
     compressed_as_bf16: int  # what the compressed weights take in BF16
 
@@ -101,7 +101,8 @@ class WeightMemory:
 def weight_memory(model: torch.nn.Module) -> WeightMemory:
     """Bytes of the model's parameters and buffers, compressed layers apart. Tied (shared)
     tensors count once."""
-    zips = {id(t) for m in model.modules() if isinstance(m, ZipLinear) for t in m.streams()}
+    layers = [m for m in model.modules() if isinstance(m, CompressedWeight)]
+    zips = {id(t) for m in layers for t in m.streams()}
     compressed = raw = 0
     for t in list(model.parameters()) + list(model.buffers()):  # both deduplicate shared tensors
         size = t.numel() * t.element_size()
@@ -109,6 +110,5 @@ def weight_memory(model: torch.nn.Module) -> WeightMemory:
             compressed += size
         else:
             raw += size
-    as_bf16 = sum(2 * m.in_features * m.out_features for m in model.modules()
-                  if isinstance(m, ZipLinear))
+    as_bf16 = sum(2 * m.weight_shape[0] * m.weight_shape[1] for m in layers)
     return WeightMemory(compressed, raw, as_bf16)

@@ -1,9 +1,11 @@
-"""Swapping nn.Linear for ZipLinear in any model, with no per-architecture rules.
+"""Swapping nn.Linear for ZipLinear (and, on request, nn.Embedding for ZipEmbedding) in any
+model, with no per-architecture rules.
 
-* compress_model(model): compress the model's own BF16 Linear layers in place (in memory).
+* compress_model(model): compress the model's own BF16 Linear layers in place (in memory);
+  embeddings=True also compresses its embedding tables.
 * load_compressed(model, folder): fill a model (typically built under empty_weights()) from a
-  `zipgen compress` folder: every Linear whose `<module>.weight` is compressed there becomes a
-  ZipLinear, every other tensor is loaded raw.
+  `zipgen compress` folder: every Linear or Embedding whose `<module>.weight` is compressed there
+  becomes a ZipLinear or ZipEmbedding, every other tensor is loaded raw.
 * decompress_model(model): the inverse of compress_model (a BF16 baseline, or to fine-tune).
 
 Names are matched as in checkpoints: the globs of include/exclude apply to `<module>.weight`,
@@ -25,6 +27,7 @@ from ..checkpoint.reader import iter_tensors
 from ..errors import FormatError, InputError
 from ..format import CompressedTensor, decompress
 from ..report import human_bytes
+from .embedding import ZipEmbedding
 from .linear import ZipLinear
 
 
@@ -35,11 +38,12 @@ class LayerReport:
     original_bytes: int  # BF16
     compressed_bytes: int
     coverage: float
+    kind: str = "Linear"  # or "embedding"
 
 
 @dataclass
 class ModelReport:
-    """What compress_model() did: the layers it compressed and the Linear layers it skipped."""
+    """What compress_model() did: the layers it compressed and the layers it skipped."""
     layers: list[LayerReport] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)  # module name -> reason
 
@@ -56,7 +60,11 @@ class ModelReport:
         return self.compressed_bytes / max(self.original_bytes, 1)
 
     def summary(self) -> str:
-        return (f"{len(self.layers)} Linear layers compressed: {human_bytes(self.original_bytes)}"
+        tables = sum(r.kind == "embedding" for r in self.layers)
+        what = (f"{len(self.layers)} Linear layers" if not tables else
+                f"{len(self.layers)} layers ({len(self.layers) - tables} Linear, {tables} "
+                f"embedding)")
+        return (f"{what} compressed: {human_bytes(self.original_bytes)}"
                 f" -> {human_bytes(self.compressed_bytes)} ({100 * self.ratio:.1f}% of BF16, "
                 f"{16 * self.ratio:.2f} bits/weight); {len(self.skipped)} skipped")
 
@@ -79,57 +87,68 @@ def _shared_weights(model: nn.Module) -> dict[int, list[str]]:
     return names
 
 
-def _skip_reason(name: str, linear: nn.Linear, aliases: list[str], min_side: int) -> str | None:
-    w = linear.weight
+def _skip_reason(name: str, module: nn.Module, aliases: list[str], min_side: int) -> str | None:
+    w, bias = module.weight, getattr(module, "bias", None)
     if w.device.type == "meta":
         return "weight is on the meta device (not loaded)"
-    if w.dtype != torch.bfloat16 or (linear.bias is not None and linear.bias.dtype != torch.bfloat16):
+    if w.dtype != torch.bfloat16 or (bias is not None and bias.dtype != torch.bfloat16):
         return f"{w.dtype}, not BF16 (TCA-TBE is lossless for BF16 only)"
     if min(w.shape) < min_side:
         return f"{w.shape[0]} x {w.shape[1]} is smaller than {min_side} on a side"
     others = [a for a in aliases if a != f"{name}.weight"]
     if others:  # e.g. lm_head tied to the embedding: both copies would stay
         return f"weight is shared with {', '.join(others)} (tied)"
+    if isinstance(module, nn.Embedding) and module.max_norm is not None:
+        return "max_norm renormalises the table at lookup time"
     return None
 
 
 def compress_model(model: nn.Module, include=("*",), exclude=DEFAULT_EXCLUDE, *,
-                   min_side: int = MIN_SIDE) -> ModelReport:
+                   min_side: int = MIN_SIDE, embeddings: bool = False) -> ModelReport:
     """Replace, in place, every nn.Linear with a BF16 weight of at least min_side on both sides
-    whose `<name>.weight` the globs select by a ZipLinear (lossless); returns a report. Each
-    layer is compressed on its own device and its BF16 weight is released as it goes."""
+    whose `<name>.weight` the globs select by a ZipLinear (lossless); with embeddings=True also
+    every such nn.Embedding by a ZipEmbedding (the default exclude globs, which keep embedding
+    tables raw, then apply to Linear layers only). Returns a report. Each layer is compressed on
+    its own device and its BF16 weight is released as it goes."""
     report = ModelReport()
     shared = _shared_weights(model)
-    linears = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
-    for name, linear in linears:
-        if not _selected(f"{name}.weight", include, exclude):
+    kinds = (nn.Linear, nn.Embedding) if embeddings else (nn.Linear,)
+    for name, module in [(n, m) for n, m in model.named_modules() if isinstance(m, kinds)]:
+        table = isinstance(module, nn.Embedding)
+        if not _selected(f"{name}.weight", include, () if table else exclude):
             report.skipped[name] = "excluded by the include/exclude globs"
             continue
-        reason = _skip_reason(name, linear, shared.get(id(linear.weight), []), min_side)
+        reason = _skip_reason(name, module, shared.get(id(module.weight), []), min_side)
         if reason:
             report.skipped[name] = reason
             continue
-        zl = ZipLinear.from_linear(linear, name=name)
-        zl.train(linear.training)
-        _set_submodule(model, name, zl)
-        ct = zl.compressed()
-        report.layers.append(LayerReport(name, ct.shape, 2 * ct.numel, ct.nbytes, ct.coverage))
+        replacement = (ZipEmbedding.from_embedding(module, name=name) if table
+                       else ZipLinear.from_linear(module, name=name))
+        replacement.train(module.training)
+        _set_submodule(model, name, replacement)
+        ct = replacement.compressed()
+        report.layers.append(LayerReport(name, ct.shape, 2 * ct.numel, ct.nbytes, ct.coverage,
+                                         "embedding" if table else "Linear"))
     return report
 
 
 def decompress_model(model: nn.Module) -> int:
-    """Replace every ZipLinear by an nn.Linear holding the decoded BF16 weight (bit-exact);
-    returns how many were replaced."""
-    zips = [(n, m) for n, m in model.named_modules() if isinstance(m, ZipLinear)]
-    for name, zl in zips:
-        w = zl.decompressed_weight()
-        linear = nn.Linear(zl.in_features, zl.out_features, bias=zl.bias is not None,
-                           device="meta", dtype=torch.bfloat16)
-        linear.weight = nn.Parameter(w, requires_grad=False)
-        if zl.bias is not None:
-            linear.bias = nn.Parameter(zl.bias.detach(), requires_grad=False)
-        linear.train(zl.training)
-        _set_submodule(model, name, linear)
+    """Replace every ZipLinear / ZipEmbedding by an nn.Linear / nn.Embedding holding the
+    decoded BF16 weight (bit-exact); returns how many were replaced."""
+    zips = [(n, m) for n, m in model.named_modules() if isinstance(m, (ZipLinear, ZipEmbedding))]
+    for name, zm in zips:
+        w = nn.Parameter(zm.decompressed_weight(), requires_grad=False)
+        if isinstance(zm, ZipEmbedding):
+            plain = nn.Embedding(zm.num_embeddings, zm.embedding_dim, zm.padding_idx,
+                                 _weight=w, _freeze=True)
+        else:
+            plain = nn.Linear(zm.in_features, zm.out_features, bias=zm.bias is not None,
+                              device="meta", dtype=torch.bfloat16)
+            plain.weight = w
+            if zm.bias is not None:
+                plain.bias = nn.Parameter(zm.bias.detach(), requires_grad=False)
+        plain.train(zm.training)
+        _set_submodule(model, name, plain)
     return len(zips)
 
 
@@ -155,9 +174,9 @@ def empty_weights():
 
 @dataclass
 class LoadReport:
-    compressed: list[str] = field(default_factory=list)  # modules now ZipLinear
+    compressed: list[str] = field(default_factory=list)  # modules now ZipLinear / ZipEmbedding
     raw: list[str] = field(default_factory=list)  # tensors loaded as they are
-    decoded: list[str] = field(default_factory=list)  # compressed tensors that are no Linear weight
+    decoded: list[str] = field(default_factory=list)  # compressed, but no Linear/Embedding weight
     unexpected: list[str] = field(default_factory=list)  # in the folder, not in the model
     missing: list[str] = field(default_factory=list)  # in the model, still on meta
 
@@ -188,8 +207,9 @@ def _assign(model: nn.Module, name: str, tensor: torch.Tensor) -> bool:
 
 def load_compressed(model: nn.Module, folder, device="cpu", *, strict: bool = True) -> LoadReport:
     """Load a `zipgen compress` folder into `model` (whose tensors may be on the meta device):
-    Linear layers whose weight is compressed there become ZipLinear (bias loaded raw), all
-    other tensors are loaded as they are, cast to the model's dtype if floating, onto `device`.
+    Linear layers whose weight is compressed there become ZipLinear (bias loaded raw), embedding
+    tables compressed there (`zipgen compress --compress-embeddings`) ZipEmbedding; all other
+    tensors are loaded as they are, cast to the model's dtype if floating, onto `device`.
     Tied weights (shared parameters) stay tied. strict: raise if a model tensor stays unloaded
     or the folder holds a tensor the model lacks."""
     folder = Path(folder)
@@ -198,14 +218,22 @@ def load_compressed(model: nn.Module, folder, device="cpu", *, strict: bool = Tr
     modules = dict(model.named_modules())
     for name, entry in manifest.tensors.items():
         owner = name.removesuffix(".weight")
-        linear = modules.get(owner)
-        if entry.kind == COMPRESSED and name.endswith(".weight") and isinstance(linear, nn.Linear):
-            if entry.shape != [linear.out_features, linear.in_features]:
-                raise InputError(f"{name}: the folder holds shape {entry.shape}, the model expects "
-                                 f"{[linear.out_features, linear.in_features]} (wrong config.json?)")
-            _set_submodule(model, owner, ZipLinear(linear.in_features, linear.out_features,
-                                                   bias=linear.bias is not None, device="meta"))
-            report.compressed.append(owner)
+        module = modules.get(owner)
+        if not (entry.kind == COMPRESSED and name.endswith(".weight")
+                and isinstance(module, (nn.Linear, nn.Embedding))):
+            continue
+        expected = list(module.weight.shape)
+        if entry.shape != expected:
+            raise InputError(f"{name}: the folder holds shape {entry.shape}, the model expects "
+                             f"{expected} (wrong config.json?)")
+        if isinstance(module, nn.Linear):
+            skeleton = ZipLinear(module.in_features, module.out_features,
+                                 bias=module.bias is not None, device="meta")
+        else:
+            skeleton = ZipEmbedding(module.num_embeddings, module.embedding_dim,
+                                    module.padding_idx, device="meta")
+        _set_submodule(model, owner, skeleton)
+        report.compressed.append(owner)
     aliases = _shared_weights(model)
     alias_of = {n: names for names in aliases.values() for n in names}
 
