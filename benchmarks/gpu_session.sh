@@ -1,7 +1,17 @@
 #!/usr/bin/env bash
-# One call on the GPU machine: GPU tests, then benchmarks; logs and tables go to $OUT.
+# One call on the GPU machine: the stages named in ZIPGEN_STAGES (default "tests bench"), logs
+# and tables into $OUT. A device call is limited to 10 minutes, so a kernel change usually takes
+# two calls: ZIPGEN_STAGES="tests sanitize" then ZIPGEN_STAGES="tune bench e2e".
 #   (here)  python benchmarks/prepare_gpu_carry.py
-#   (there) bash benchmarks/gpu_session.sh [pytest args...]   with carry [".gpu_carry"]
+#   (there) ZIPGEN_STAGES="..." bash benchmarks/gpu_session.sh [pytest args...]
+#           with carry [".gpu_carry"]
+# Stages:
+#   tests     pytest -m gpu (default: every tests/test_gpu_*.py, or the pytest args given)
+#   sanitize  compute-sanitizer memcheck + racecheck of benchmarks/sanitize.py
+#   tune      zipgen tune for the models in ZIPGEN_TUNE_MODELS (default: Llama-3.1-8B and 70B)
+#             into $OUT/tuning_db (copy it to tuning_db/ to ship it); later stages use it
+#   bench     benchmarks/decode.py and gemm.py (ZIPGEN_BENCHMARKS overrides: "" runs none)
+#   e2e       benchmarks/e2e.py (Llama-3.1-8B architecture, batches 1, 8, 32)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/zipgen-out}; mkdir -p "$OUT"
@@ -12,7 +22,37 @@ if [ -d .gpu_carry/wheels ]; then  # Optuna & co., missing from the GPU image
   export PYTHONPATH=$PYTHONPATH:/tmp/zipgen-pylib
 fi
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv | tee "$OUT/gpu.txt"
-python -m pytest -m gpu -q -p no:cacheprovider --maxfail=10 ${@:-tests/test_gpu_*.py} 2>&1 | tee "$OUT/gpu_tests.txt" | tail -25
-for b in ${ZIPGEN_BENCHMARKS-decode gemm}; do  # ZIPGEN_BENCHMARKS="" runs none
-  python benchmarks/$b.py --json "$OUT/$b.json" 2>&1 | tee "$OUT/$b.md"
-done
+STAGES=" ${ZIPGEN_STAGES:-tests bench} "
+stage() { [[ "$STAGES" == *" $1 "* ]]; }
+
+if stage tests; then
+  python -m pytest -m gpu -q -p no:cacheprovider --maxfail=10 ${@:-tests/test_gpu_*.py} 2>&1 \
+    | tee "$OUT/gpu_tests.txt" | tail -25
+fi
+if stage sanitize; then
+  sanitizer=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
+  for tool in memcheck racecheck; do
+    "$sanitizer" --tool "$tool" --report-api-errors no python benchmarks/sanitize.py \
+      > "$OUT/sanitize-$tool.txt" 2>&1
+    tail -2 "$OUT/sanitize-$tool.txt"
+  done
+fi
+if stage tune; then
+  export ZIPGEN_TUNING_DB=$OUT/tuning_db
+  mkdir -p "$ZIPGEN_TUNING_DB" && cp tuning_db/*.jsonl "$ZIPGEN_TUNING_DB"/ 2>/dev/null
+  arch=$(python -c "import torch; from zipgen.codegen import arch_for_capability as a; print(a(torch.cuda.get_device_capability()))")
+  for model in ${ZIPGEN_TUNE_MODELS:-llama-3.1-8b llama-3.1-70b}; do
+    python -m zipgen tune --arch "$arch" --model "$model" --m 1,8,16,32 --op all --trials 40 \
+      --quiet 2>&1 | tee "$OUT/tune-$model.txt" | tail -3
+  done
+elif [ -d "$OUT/tuning_db" ]; then
+  export ZIPGEN_TUNING_DB=$OUT/tuning_db
+fi
+if stage bench; then
+  for b in ${ZIPGEN_BENCHMARKS-decode gemm}; do
+    python benchmarks/$b.py --json "$OUT/$b.json" 2>&1 | tee "$OUT/$b.md" | grep -v Warning | tail -4
+  done
+fi
+if stage e2e; then
+  python benchmarks/e2e.py --json "$OUT/e2e.json" 2>&1 | tee "$OUT/e2e.md" | tail -6
+fi

@@ -41,7 +41,7 @@ def minilm_dir() -> Path:
 def minilm_bf16() -> dict[str, torch.Tensor]:
     """Every 2-D tensor of all-MiniLM-L6-v2, cast from FP32 to BF16. On the GPU machine, where
     the package cannot be installed, $ZIPGEN_MINILM_BF16 names a safetensors file of them made
-    by `python benchmarks/gpu_session.py --prepare`."""
+    by `python benchmarks/prepare_gpu_carry.py`."""
     from safetensors.torch import load_file
 
     carried = os.environ.get("ZIPGEN_MINILM_BF16")
