@@ -14,6 +14,8 @@ from zipgen.errors import FormatError, InputError
 from zipgen.nn import (ZipEmbedding, ZipLinear, compress_model, decompress_model, empty_weights,
                        load_compressed)
 
+from zipgen.checkpoint import DEFAULT_EXCLUDE
+
 from conftest import assert_bit_exact
 
 
@@ -328,6 +330,8 @@ def test_compress_model_with_embeddings():
     with torch.no_grad():
         assert torch.equal(model(ids), before)
     assert [r.name for r in compress_model(Untied()).layers] == ["up", "down", "head"]
+    report = compress_model(Untied(), exclude=DEFAULT_EXCLUDE + ("embed.*",), embeddings=True)
+    assert "globs" in report.skipped["embed"]  # the caller's own globs still apply to tables
 
 
 def test_load_compressed_keeps_compressed_embeddings_compressed(tmp_path):

@@ -108,14 +108,16 @@ def compress_model(model: nn.Module, include=("*",), exclude=DEFAULT_EXCLUDE, *,
     """Replace, in place, every nn.Linear with a BF16 weight of at least min_side on both sides
     whose `<name>.weight` the globs select by a ZipLinear (lossless); with embeddings=True also
     every such nn.Embedding by a ZipEmbedding (the default exclude globs, which keep embedding
-    tables raw, then apply to Linear layers only). Returns a report. Each layer is compressed on
+    tables raw, then apply to Linear layers only; globs the caller adds apply to both). Returns
+    a report. Each layer is compressed on
     its own device and its BF16 weight is released as it goes."""
     report = ModelReport()
     shared = _shared_weights(model)
     kinds = (nn.Linear, nn.Embedding) if embeddings else (nn.Linear,)
+    table_exclude = tuple(g for g in exclude if g not in DEFAULT_EXCLUDE)  # the caller's own
     for name, module in [(n, m) for n, m in model.named_modules() if isinstance(m, kinds)]:
         table = isinstance(module, nn.Embedding)
-        if not _selected(f"{name}.weight", include, () if table else exclude):
+        if not _selected(f"{name}.weight", include, table_exclude if table else exclude):
             report.skipped[name] = "excluded by the include/exclude globs"
             continue
         reason = _skip_reason(name, module, shared.get(id(module.weight), []), min_side)
