@@ -10,11 +10,10 @@ import torch
 from torch import nn
 
 import zipgen
+from zipgen.checkpoint import DEFAULT_EXCLUDE
 from zipgen.errors import FormatError, InputError
 from zipgen.nn import (ZipEmbedding, ZipLinear, compress_model, decompress_model, empty_weights,
                        load_compressed)
-
-from zipgen.checkpoint import DEFAULT_EXCLUDE
 
 from conftest import assert_bit_exact
 
