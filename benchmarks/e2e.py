@@ -1,8 +1,14 @@
 """End-to-end decoding: a Llama-3.1-8B-architecture model in BF16 against the same model with
 its Linear layers compressed (zipgen.nn.compress_model), one harness for both.
 
-    python benchmarks/e2e.py [--layers 32] [--batches 1,8,32] [--prompt 128] [--new-tokens 256]
-                             [--mode graph|compile|eager] [--path auto|fused|decode] [--json out.json]
+    python benchmarks/e2e.py [--model 8b|70b] [--layers N] [--batches 1,8,32] [--prompt 128]
+                             [--new-tokens 256] [--mode graph|compile|eager]
+                             [--path auto|fused|decode] [--compress-embeddings]
+                             [--compressed-only] [--json out.json]
+
+--compressed-only builds the model compressed layer by layer (each matrix drawn in BF16 on the
+device, compressed, released), so a model whose BF16 weights do not fit the GPU (the 70B
+architecture on one H200 with its KV cache, or on an H100) runs; there is no BF16 baseline then.
 
 The model is built from the 8B configuration written below (no hub access) with SYNTHETIC
 weights: each matrix N(0, sigma) in BF16 with sigma from SIGMA (magnitudes like those of trained
@@ -39,35 +45,57 @@ LLAMA_31_8B = dict(
                      "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                      "original_max_position_embeddings": 8192})
 
+# Llama-3.1-70B (meta-llama/Llama-3.1-70B config.json): the same but these
+LLAMA_31_70B = dict(LLAMA_31_8B, hidden_size=8192, intermediate_size=28672,
+                    num_hidden_layers=80, num_attention_heads=64)
+CONFIGS = {"8b": LLAMA_31_8B, "70b": LLAMA_31_70B}
+
 # Standard deviation of the synthetic weights by name fragment (first match wins).
 SIGMA = [("embed_tokens", 0.010), ("lm_head", 0.012), ("q_proj", 0.020), ("k_proj", 0.030),
          ("v_proj", 0.008), ("o_proj", 0.010), ("gate_proj", 0.018), ("up_proj", 0.014),
          ("down_proj", 0.014)]
 
 
-def build_model(layers: int, seed: int = 0, device: str = "cuda"):
-    """The 8B architecture with `layers` decoder layers and synthetic BF16 weights on `device`;
-    parameters are drawn straight on the device (no CPU init, no throwaway copy)."""
+def build_model(layers: int, seed: int = 0, device: str = "cuda", base: dict | None = None,
+                compress_as_built: bool = False, embeddings: bool = False):
+    """The architecture of `base` (default: Llama-3.1-8B) with `layers` decoder layers and
+    synthetic BF16 weights on `device`, drawn straight there (no CPU init, no throwaway copy).
+    compress_as_built: compress each matrix as soon as it is drawn (zipgen.nn.compress_model on
+    its module; embeddings too if asked), so the BF16 model never exists whole; returns
+    (model, summary) then, else the model."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    config = LlamaConfig(**{**LLAMA_31_8B, "num_hidden_layers": layers})
+    config = LlamaConfig(**{**(base or LLAMA_31_8B), "num_hidden_layers": layers})
     with empty_weights():
         model = LlamaForCausalLM._from_config(config, dtype=torch.bfloat16)
     g = torch.Generator(device=device).manual_seed(seed)
+    reports = []
     for name, p in list(model.named_parameters()):
         sigma = next((s for key, s in SIGMA if key in name), None)
         if sigma is None:  # RMSNorm weights
             value = torch.ones(p.shape, dtype=torch.bfloat16, device=device)
         else:
             value = (torch.randn(p.shape, generator=g, device=device) * sigma).to(torch.bfloat16)
-        module, _, leaf = name.rpartition(".")
-        model.get_submodule(module)._parameters[leaf] = torch.nn.Parameter(value, requires_grad=False)
-    return model.to(device).eval()  # buffers (rotary inv_freq) were built on the CPU
+        module_name, _, leaf = name.rpartition(".")
+        module = model.get_submodule(module_name)
+        module._parameters[leaf] = torch.nn.Parameter(value, requires_grad=False)
+        if compress_as_built and leaf == "weight" and value.dim() == 2:
+            reports.append(compress_model(model, embeddings=embeddings, only=[module_name]))
+            del value
+    model = model.to(device).eval()  # buffers (rotary inv_freq) were built on the CPU
+    if not compress_as_built:
+        return model
+    merged = reports[0]
+    for r in reports[1:]:
+        merged.layers += r.layers
+        merged.skipped.update(r.skipped)
+    return model, merged.summary()
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--layers", type=int, default=32, help="decoder layers (8B: 32)")
+    ap.add_argument("--model", choices=sorted(CONFIGS), default="8b")
+    ap.add_argument("--layers", type=int, help="decoder layers (default: the model's, 32 / 80)")
     ap.add_argument("--batches", default="1,8,32")
     ap.add_argument("--prompt", type=int, default=128)
     ap.add_argument("--new-tokens", type=int, default=256)
@@ -76,23 +104,38 @@ def main(argv=None):
                     help="GEMM path of the compressed layers (auto: zipgen.runtime.gemm's choice)")
     ap.add_argument("--compress-embeddings", action="store_true",
                     help="also compress the input embedding table (zipgen.nn.ZipEmbedding)")
+    ap.add_argument("--compressed-only", action="store_true",
+                    help="build the model compressed layer by layer; no BF16 baseline")
     ap.add_argument("--device", default="cuda", help="cpu only for a smoke test (--mode eager)")
     ap.add_argument("--json")
     args = ap.parse_args(argv)
     batches = [int(b) for b in args.batches.split(",")]
+    base = CONFIGS[args.model]
+    layers = args.layers or base["num_hidden_layers"]
 
-    print(f"# End-to-end decode, Llama-3.1-8B architecture, {args.layers} layers, synthetic "
-          f"N(0, sigma) BF16 weights (sigma: {dict(SIGMA)}), benchmarks/e2e.py")
+    print(f"# End-to-end decode, Llama-3.1-{args.model.upper()} architecture, {layers} layers, "
+          f"synthetic N(0, sigma) BF16 weights (sigma: {dict(SIGMA)}), benchmarks/e2e.py")
     print(hf_bench.describe(torch.device(args.device)))
     started = time.perf_counter()
-    model = build_model(args.layers, device=args.device)
-    print(f"# built in {time.perf_counter() - started:.1f} s; prompt {args.prompt}, "
-          f"{args.new_tokens} new tokens, mode {args.mode}", flush=True)
-    text, rows = hf_bench.compare(
-        model, lambda m: compress_model(m, embeddings=args.compress_embeddings).summary(),
-        batches=batches, prompt_len=args.prompt,
-        new_tokens=args.new_tokens, mode=args.mode, path=args.path,
-        log=lambda s: print(s, flush=True))
+    if args.compressed_only:
+        model, summary = build_model(layers, device=args.device, base=base,
+                                     compress_as_built=True, embeddings=args.compress_embeddings)
+        print(f"# built and compressed in {time.perf_counter() - started:.1f} s: {summary}")
+        hf_bench.set_gemm_path(model, args.path)
+        print(f"# zipgen ({args.path} GEMM path): {hf_bench.weight_memory(model)}; no BF16 "
+              f"baseline (--compressed-only)", flush=True)
+        runs = hf_bench.benchmark(model, "zipgen", batches, args.prompt, args.new_tokens,
+                                  args.mode)
+        text, rows = hf_bench.runs_table(runs)
+    else:
+        model = build_model(layers, device=args.device, base=base)
+        print(f"# built in {time.perf_counter() - started:.1f} s; prompt {args.prompt}, "
+              f"{args.new_tokens} new tokens, mode {args.mode}", flush=True)
+        text, rows = hf_bench.compare(
+            model, lambda m: compress_model(m, embeddings=args.compress_embeddings).summary(),
+            batches=batches, prompt_len=args.prompt,
+            new_tokens=args.new_tokens, mode=args.mode, path=args.path,
+            log=lambda s: print(s, flush=True))
     print(text)
     if args.json:
         with open(args.json, "w") as f:

@@ -194,6 +194,18 @@ def test_e2e_script_smoke():
     assert "greedy agree" in run.stdout and "100.0%" in run.stdout, run.stdout
 
 
+@pytest.mark.slow
+def test_e2e_script_compressed_only_70b_layer():
+    """benchmarks/e2e.py --model 70b --compressed-only with one 70B-shaped layer and compressed
+    embeddings, in CUDA graphs: the path of the 70B-on-one-GPU showcase."""
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "e2e.py"), "--model", "70b", "--layers", "1",
+           "--batches", "1,2", "--prompt", "16", "--new-tokens", "8", "--compressed-only",
+           "--compress-embeddings"]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "no BF16 baseline" in run.stdout and "1 embedding" in run.stdout, run.stdout
+
+
 def test_zipembedding_on_cuda_in_a_cuda_graph():
     """Rows decoded on the GPU equal the table's, also when the lookup is replayed from a CUDA
     graph with new ids (no host synchronisation in decode_rows)."""

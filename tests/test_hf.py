@@ -235,6 +235,7 @@ def test_e2e_benchmark_script_on_a_shrunk_model(monkeypatch, capsys, tmp_path):
     e2e = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(e2e)
     monkeypatch.setattr(e2e, "LLAMA_31_8B", {**e2e.LLAMA_31_8B, **TINY, "head_dim": 64})
+    monkeypatch.setitem(e2e.CONFIGS, "8b", e2e.LLAMA_31_8B)
     model = e2e.build_model(1, device="cpu")
     assert model.model.embed_tokens.weight.std().item() == pytest.approx(0.010, rel=0.1)
     assert model.model.layers[0].self_attn.k_proj.weight.std().item() == pytest.approx(0.030, rel=0.1)
@@ -245,6 +246,21 @@ def test_e2e_benchmark_script_on_a_shrunk_model(monkeypatch, capsys, tmp_path):
     text = capsys.readouterr().out
     assert "synthetic" in text and "8 Linear layers compressed" in text and "100.0%" in text
     assert [r["agreement"] for r in json.loads(out.read_text())["rows"]] == [1.0, 1.0]
+    # built compressed layer by layer (the 70B showcase path): the same weights, bit for bit
+    monkeypatch.setitem(e2e.CONFIGS, "70b", {**e2e.LLAMA_31_70B, **TINY, "head_dim": 64})
+    built, summary = e2e.build_model(1, device="cpu", base=e2e.CONFIGS["70b"],
+                                     compress_as_built=True, embeddings=True)
+    plain = e2e.build_model(1, device="cpu", base=e2e.CONFIGS["70b"])
+    assert "9 layers (8 Linear, 1 embedding) compressed" in summary
+    x = ids()
+    with torch.no_grad():
+        assert torch.equal(built(x).logits, plain(x).logits)
+    e2e.main(["--model", "70b", "--layers", "1", "--device", "cpu", "--mode", "eager",
+              "--batches", "1", "--prompt", "4", "--new-tokens", "3", "--compressed-only",
+              "--json", str(out)])
+    text = capsys.readouterr().out
+    assert "no BF16 baseline" in text and "70B architecture" in text
+    assert json.loads(out.read_text())["rows"][0]["batch"] == 1
     # the same with the embedding table compressed too: still the BF16 model's tokens
     e2e.main(["--layers", "1", "--device", "cpu", "--mode", "eager", "--batches", "2",
               "--prompt", "4", "--new-tokens", "3", "--compress-embeddings", "--json", str(out)])

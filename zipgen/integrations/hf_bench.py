@@ -202,6 +202,15 @@ def report(baseline: list[DecodeRun], compressed: list[DecodeRun]) -> tuple[str,
     return text, out
 
 
+def runs_table(runs: list[DecodeRun]) -> tuple[str, list[dict]]:
+    """A table of one model's runs (no baseline to compare with), and the rows as dicts."""
+    rows = [[r.batch, f"{r.tokens_per_s:.1f}", f"{r.ms_per_step:.3f}", f"{r.prefill_ms:.1f}",
+             human_bytes(r.weight_bytes), human_bytes(r.peak_bytes)] for r in runs]
+    text = table(["batch", "tok/s", "ms/step", "prefill ms", "weights", "peak"], rows,
+                 align="r" * 6)
+    return text, [r.as_dict() for r in runs]
+
+
 def set_gemm_path(model, path: str) -> None:
     """Make every ZipLinear use the automatic choice, the fused kernel or decode + cuBLAS."""
     for m in model.modules():

@@ -104,18 +104,22 @@ def _skip_reason(name: str, module: nn.Module, aliases: list[str], min_side: int
 
 
 def compress_model(model: nn.Module, include=("*",), exclude=DEFAULT_EXCLUDE, *,
-                   min_side: int = MIN_SIDE, embeddings: bool = False) -> ModelReport:
+                   min_side: int = MIN_SIDE, embeddings: bool = False,
+                   only=None) -> ModelReport:
     """Replace, in place, every nn.Linear with a BF16 weight of at least min_side on both sides
     whose `<name>.weight` the globs select by a ZipLinear (lossless); with embeddings=True also
     every such nn.Embedding by a ZipEmbedding (the default exclude globs, which keep embedding
-    tables raw, then apply to Linear layers only; globs the caller adds apply to both). Returns
-    a report. Each layer is compressed on
-    its own device and its BF16 weight is released as it goes."""
+    tables raw, then apply to Linear layers only; globs the caller adds apply to both). `only`:
+    the module names to consider (default: all), e.g. the one layer just built. Returns a
+    report. Each layer is compressed on its own device and its BF16 weight is released as it
+    goes."""
     report = ModelReport()
     shared = _shared_weights(model)
     kinds = (nn.Linear, nn.Embedding) if embeddings else (nn.Linear,)
     table_exclude = tuple(g for g in exclude if g not in DEFAULT_EXCLUDE)  # the caller's own
-    for name, module in [(n, m) for n, m in model.named_modules() if isinstance(m, kinds)]:
+    wanted = None if only is None else set(only)
+    for name, module in [(n, m) for n, m in model.named_modules() if isinstance(m, kinds)
+                         and (wanted is None or n in wanted)]:
         table = isinstance(module, nn.Embedding)
         if not _selected(f"{name}.weight", include, table_exclude if table else exclude):
             report.skipped[name] = "excluded by the include/exclude globs"
