@@ -58,7 +58,7 @@ def get_kernel(op: str, config, device: torch.device):
                 _make_current(index)
                 code = _cuda_core().ObjectCode.from_cubin(resolved.cubin)
                 kernel = code.get_kernel(resolved.kernel_name)
-                if getattr(config, "dynamic_smem", False) and config.smem_bytes > _STATIC_SMEM_LIMIT:
+                if config.dynamic_smem and config.smem_bytes > _STATIC_SMEM_LIMIT:
                     _allow_dynamic_smem(kernel, config.smem_bytes, index)
                 _kernels[key] = kernel
     return kernel

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 
 import optuna
 
-from ..codegen import OPS, DecodeConfig, build_kernel, include_dir, render
-from ..compile.key import headers_digest
+from ..bundle.verify import current_headers_sha256
+from ..codegen import OPS, DecodeConfig, build_kernel, render
 from ..errors import CompileError, InputError, ZipgenError
 from .buckets import M_BUCKETS
 from .db import TuningDB, config_key, winners
@@ -101,7 +101,7 @@ class Tuner:
         self.o, self.target, self.db = options, target, db
         self._measurer = measurer  # None: a worker.Worker, started at the first measurement
         self.progress = progress  # a tqdm-like bar (update, set_postfix_str) or None
-        self.headers = headers_digest((include_dir(),))  # the kernel bodies live in headers
+        self.headers = current_headers_sha256()  # the kernel bodies live in headers
         # this target's records of today's kernels: older kernels' timings rank nothing now
         self.records = [r for r in db.read()
                         if (r.arch, r.device_name) == (target.arch, target.device_name)
