@@ -1,6 +1,6 @@
 """Time every valid fused-kernel configuration on a few layers (a manual tuning run).
 
-    python benchmarks/gemm_sweep.py [--layers "8B o,8B gate_up"] [--ms 1,16]
+    python benchmarks/gemm_sweep.py [--layers "8B o,8B gate_up"] [--ms 1,16] [--stage-x 1]
 
 Same method as benchmarks/gemm.py (CUDA graphs, weights rotated past L2, medians, cuBLAS from
 the same run); prints the configurations fastest first per (layer, M).
@@ -29,11 +29,14 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--layers", default="8B o,8B gate_up,8B down")
     ap.add_argument("--ms", default="1,16")
+    ap.add_argument("--stage-x", choices=("both", "0", "1"), default="both",
+                    help="only direct (0) or only staged (1) activation configurations")
     ap.add_argument("--json")
     args = ap.parse_args()
     print(header("fused ZipGEMM configuration sweep (benchmarks/gemm_sweep.py)"))
     traits = ARCHES[device_arch(torch.device("cuda"))]
     table = {name: (n, k) for model in LAYERS.values() for name, n, k in model}
+    stages = {"both": (False, True), "0": (False,), "1": (True,)}[args.stage_x]
     warm_up_gpu()
     results = []
     for name in args.layers.split(","):
@@ -44,7 +47,7 @@ def main():
             t_cublas = graph_time_us([lambda x=x, w=w: F.linear(x, w) for x, w in zip(xs, ws)])
             rows = []
             for warps, tiles, depth, groups, stage in itertools.product(
-                    (4, 8, 16), token_tiles_for(m), (1, 2), (1, 2, 4), (False, True)):
+                    (4, 8, 16), token_tiles_for(m), (1, 2), (1, 2, 4), stages):
                 cfg = ZipGemmConfig(warps, tiles, depth, groups, stage)
                 if cfg.problems(traits):
                     continue

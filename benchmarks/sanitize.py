@@ -1,7 +1,8 @@
 """A small decode + fused GEMM run for compute-sanitizer (memcheck / racecheck):
     compute-sanitizer --tool memcheck python benchmarks/sanitize.py
     compute-sanitizer --tool racecheck python benchmarks/sanitize.py
-Covers both activation paths (direct, staged), a ragged last strip (K % 64 != 0), more than
+Covers both activation paths (direct, staged, with 1, 2 and 4 row groups sharing the staged
+activations: named barriers), a ragged last strip (K % 64 != 0), more than
 48 KB of dynamic shared memory, and fallback-heavy weights (the stash overflow path)."""
 import torch
 
@@ -29,8 +30,11 @@ heavy = (torch.randn(64, 1024, device="cuda") * 0.02).to(torch.bfloat16)
 heavy.view(torch.int16).view(-1)[::5] = 0x0001  # subnormals: > 128 fallbacks per strip
 ct3 = zipgen.compress(heavy)
 for cfg in (ZipGemmConfig(4, 1, 1, 1, False), ZipGemmConfig(4, 2, 2, 1, True),
-            ZipGemmConfig(16, 1, 1, 2, True),  # 63.5 KB of dynamic shared memory
-            ZipGemmConfig(8, 4, 3, 1, True)):
+            ZipGemmConfig(16, 1, 1, 1, True),  # > 48 KB of dynamic shared memory
+            ZipGemmConfig(8, 4, 3, 1, True),
+            ZipGemmConfig(8, 1, 1, 2, True),   # 2 row groups share staged activations; idle lanes
+            ZipGemmConfig(8, 2, 1, 4, True),   # 4 row groups
+            ZipGemmConfig(8, 4, 1, 4, True)):
     for m in (1, 9, 40):
         check(w2, ct2, m, cfg)
     check(heavy, ct3, 5, cfg)

@@ -158,6 +158,20 @@ def test_deterministic():
         assert torch.equal(bits_of(gemm(x, ct, fused=True)), bits_of(first))
 
 
+@pytest.mark.parametrize("cfg", [ZipGemmConfig(8, 1, 1, 2, True), ZipGemmConfig(8, 2, 1, 4, True),
+                                 ZipGemmConfig(8, 4, 1, 4, True), ZipGemmConfig(4, 4, 2, 1, True)])
+def test_staged_activations_have_no_race(cfg):
+    """The row groups of a K slice share staged activations through named barriers (one row
+    group: __syncwarp), and the last CTA's extra row groups take part in them. A missing or
+    misplaced barrier would show as results that change from run to run, or wrong ones."""
+    w, ct = make(4096 + 40, 4104, seed=11)  # a partial last CTA; a ragged last strip
+    x = activations(cfg.tokens - 3, 4104)
+    first = gemm(x, ct, config=cfg, fused=True)
+    assert_close(first, reference(x, w))
+    for _ in range(30):
+        assert torch.equal(bits_of(gemm(x, ct, config=cfg, fused=True)), bits_of(first))
+
+
 def test_cuda_graph_capture():
     w, ct = make(2048, 2048)
     x = activations(8, 2048)

@@ -67,8 +67,9 @@ class ZipGemmConfig(_Config):
     token_tiles: int = 1
     depth: int = 2
     row_groups: int = 1
-    # activations through shared memory (16-byte loads, ldmatrix) instead of each lane loading
-    # its B fragments: 8x fewer L1 wavefronts once token rows differ (M > 1), more registers
+    # activations through shared memory (cp.async, ldmatrix; shared by the row groups of a K
+    # slice) instead of each lane loading its B fragments: 8x fewer L1 wavefronts once token
+    # rows differ (M > 1)
     stage_x: bool = False
 
     op = "zipgemm"
@@ -86,6 +87,11 @@ class ZipGemmConfig(_Config):
             out.append(f"stage_x={self.stage_x!r} is not a bool")
         if self.row_groups not in (1, 2, 4) or self.warps_per_cta % self.row_groups:
             out.append(f"row_groups={self.row_groups} is not 1, 2 or 4 dividing warps_per_cta")
+        if self.stage_x and self.row_groups > 1 and self.warps_per_cta > 8:
+            # the named barriers of shared staging pass every correctness and determinism test
+            # at 16 warps, but compute-sanitizer's racecheck reports hazards there (not at 8
+            # warps) that are not understood yet: not offered until they are
+            out.append("stage_x with row_groups > 1 is limited to 8 warps per CTA")
         if not out and self.smem_bytes > arch.max_smem_per_block:
             out.append(f"{self.smem_bytes} B of shared memory exceed {arch.name}'s "
                        f"{arch.max_smem_per_block} B")
@@ -104,11 +110,12 @@ class ZipGemmConfig(_Config):
 
     @property
     def smem_bytes(self) -> int:
-        # per warp (zipgemm_kernel.cuh): 32 lanes x 80 B of staged registers, the staged
-        # activations (8 rows at a pitch of 144 B per token tile), one 128 B fallback stash
-        # per ring buffer (depth + 1)
-        stage = 32 * 80 + (self.token_tiles * 8 * 144 if self.stage_x else 0)
-        tiles = self.warps_per_cta * (stage + (self.depth + 1) * 128)
+        # per warp (zipgemm_kernel.cuh): 32 lanes x 80 B of staged registers and one 128 B
+        # fallback stash per ring buffer (depth + 1); then, stage_x, per K slice a double
+        # buffer of staged activations (8 rows at a pitch of 144 B per token tile)
+        tiles = self.warps_per_cta * (32 * 80 + (self.depth + 1) * 128)
+        if self.stage_x:
+            tiles += self.warps_per_cta // self.row_groups * 2 * self.token_tiles * 8 * 144
         partials = self.warps_per_cta * 16 * self.tokens * 4  # FP32 partial sums (reuses tiles)
         return max(tiles, partials)
 

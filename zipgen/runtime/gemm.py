@@ -42,17 +42,25 @@ def _scratch_for(device: torch.device, n: int, k: int) -> torch.Tensor:
 def fused_config(m: int, n: int, k: int) -> ZipGemmConfig:
     """The default fused-kernel configuration for M tokens and an N x K weight, used when the
     tuning database has nothing for the shape (zipgen.tune.dispatch): the winners of
-    benchmarks/gemm_sweep.py on an H200 (2026-11-28) for the Llama-3.1-8B shapes, generalised
-    by shape class."""
+    benchmarks/gemm_sweep.py on an H200 (2026-11-28) for the Llama-3.1 shapes, generalised by
+    shape class."""
     tiles = 1 if m <= 8 else 2 if m <= 16 else 4 if m <= 32 else 8
-    stage = m > 1  # distinct token rows: activations through shared memory
-    if k >= 8192:  # long rows (down_proj): more warps per row, two row groups
-        candidates = [ZipGemmConfig(16, tiles, 1, 2, stage), ZipGemmConfig(8, tiles, 1, 2, stage)]
-    elif n >= 16384:  # many rows (gate_up): small CTAs, many resident
-        candidates = [ZipGemmConfig(4, tiles, 1, 1, stage)]
-    else:
-        candidates = [ZipGemmConfig(16, tiles, 1, 1, stage), ZipGemmConfig(8, tiles, 1, 1, stage)]
-    candidates.append(ZipGemmConfig(4, tiles, 1, 1, stage))  # the smallest: fits every arch
+    if m == 1:  # one token row: each lane loads its own B fragments (direct)
+        if k >= 8192:  # long rows (down_proj): more warps per row, two row groups
+            candidates = [ZipGemmConfig(16, 1, 1, 2, False), ZipGemmConfig(8, 1, 1, 2, False)]
+        elif n >= 16384:  # many rows (gate_up): small CTAs, many resident
+            candidates = [ZipGemmConfig(4, 1, 1, 1, False)]
+        else:
+            candidates = [ZipGemmConfig(16, 1, 1, 1, False), ZipGemmConfig(8, 1, 1, 1, False)]
+    else:  # activations staged in shared memory, shared by the row groups of a K slice
+        if k >= 8192:
+            candidates = [ZipGemmConfig(16, 1, 1, 1, True) if tiles == 1
+                          else ZipGemmConfig(8, tiles, 1, 2, True)]
+        elif n >= 16384:
+            candidates = [ZipGemmConfig(8, tiles, 1, 2 if tiles == 1 else 4, True)]
+        else:
+            candidates = [ZipGemmConfig(8, tiles, 1, 1, True)]
+    candidates.append(ZipGemmConfig(4, tiles, 1, 1, m > 1))  # the smallest: fits every arch
     # the first that every arch can run (sm_86 / sm_89 allow the least shared memory)
     return next(c for c in candidates if not any(c.problems(a) for a in ARCHES.values()))
 

@@ -14,26 +14,53 @@ __device__ __forceinline__ void mma_bf16_16816(float (&d)[4], const unsigned (&a
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
-// Four 8x8 BF16 matrices from shared memory; lane l gives the address of row (l & 7) of matrix
-// l >> 3 and receives row l >> 2, columns 2(l & 3) .. +1 of each: an mma A fragment.
-__device__ __forceinline__ void ldmatrix_x4(unsigned (&r)[4], const void* row) {
-  const unsigned addr = static_cast<unsigned>(__cvta_generic_to_shared(row));
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(addr)
-               : "memory");
-}
-
-// The same from a 32-bit shared-window address.
+// Four (two) 8x8 BF16 matrices from shared memory, at a 32-bit shared-window address: lane l
+// gives the address of row (l & 7) of matrix l >> 3 (lanes 0-15 for .x2) and receives row
+// l >> 2, columns 2(l & 3) .. +1 of each, in its registers 0-3 (0-1).
 __device__ __forceinline__ void ldmatrix_x4_shared(unsigned (&r)[4], unsigned addr) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                : "r"(addr)
                : "memory");
 }
+__device__ __forceinline__ void ldmatrix_x2_shared(unsigned (&r)[2], unsigned addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0, %1}, [%2];\n"
+               : "=r"(r[0]), "=r"(r[1])
+               : "r"(addr)
+               : "memory");
+}
+
+// 16 bytes from global to shared memory without passing through registers (sm_80+), cached in
+// L1 too (.ca: CTAs on one SM read the same activations at about the same time). Only the
+// first src_bytes (0 or 16) are read; the rest of the 16 are zero-filled. Completion: commit
+// the copies as a group, wait for it (each lane for its own), then a __syncwarp before other
+// lanes read them.
+__device__ __forceinline__ void cp_async_16(unsigned dst, const void* src, unsigned src_bytes) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src),
+               "r"(src_bytes)
+               : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() {
+  asm volatile("cp.async.commit_group;\n" ::: "memory");
+}
+__device__ __forceinline__ void cp_async_wait_all() {
+  asm volatile("cp.async.wait_group 0;\n" ::: "memory");
+}
+
+// Keep a loop-invariant value in a register. ptxas otherwise recomputes lane-derived values
+// (thread index, shared-memory window, kernel parameters) in every iteration to save registers,
+// which costs ~30 issue slots per strip in ZipGEMM's issue-bound loop.
+template <typename T>
+__device__ __forceinline__ void pin(T& v) {
+  if constexpr (sizeof(T) == 8) {
+    asm volatile("" : "+l"(v));
+  } else {
+    asm volatile("" : "+r"(v));
+  }
+}
 
 // Shared memory through 32-bit shared-window addresses: a loop can keep such an address in a
-// register (see pin() in zipgemm_kernel.cuh) without the compiler losing track of the state
+// register (see pin() above) without the compiler losing track of the state
 // space and falling back to generic loads and stores.
 __device__ __forceinline__ unsigned shared_address(const void* p) {
   return static_cast<unsigned>(__cvta_generic_to_shared(p));

@@ -27,22 +27,9 @@ struct LaneStrip {
   unsigned planes[kPlanes];
 };
 
-// Coalesced loads: a warp reads 2 x 512 B of sign-mantissa and 3 x 128 B of planes per strip.
-__device__ __forceinline__ LaneStrip load_lane_strip(const uint4* __restrict__ sign_mantissa,
-                                                     const unsigned* __restrict__ planes,
-                                                     long long strip, int lane) {
-  LaneStrip d;
-  const uint4* sm = sign_mantissa + strip * (kStripElems / 16);
-  d.sm[0] = __ldg(sm + lane);
-  d.sm[1] = __ldg(sm + 32 + lane);
-  const unsigned* p = planes + strip * (kPlanes * kLanes);
-#pragma unroll
-  for (int i = 0; i < kPlanes; ++i) d.planes[i] = __ldg(p + i * kLanes + lane);
-  return d;
-}
-
-// The same from pointers already at this lane's words of a strip (sign_mantissa + 64 s + lane,
-// planes + 96 s + lane), for loops that advance pointers instead of recomputing addresses.
+// Coalesced loads from pointers already at this lane's words of a strip (sign_mantissa +
+// 64 s + lane, planes + 96 s + lane): a warp reads 2 x 512 B of sign-mantissa and 3 x 128 B of
+// planes per strip.
 __device__ __forceinline__ LaneStrip load_lane_strip_at(const uint4* __restrict__ sm,
                                                         const unsigned* __restrict__ planes) {
   LaneStrip d;
@@ -51,6 +38,14 @@ __device__ __forceinline__ LaneStrip load_lane_strip_at(const uint4* __restrict_
 #pragma unroll
   for (int i = 0; i < kPlanes; ++i) d.planes[i] = __ldg(planes + i * kLanes);
   return d;
+}
+
+// The same from the streams' starts and a strip number.
+__device__ __forceinline__ LaneStrip load_lane_strip(const uint4* __restrict__ sign_mantissa,
+                                                     const unsigned* __restrict__ planes,
+                                                     long long strip, int lane) {
+  return load_lane_strip_at(sign_mantissa + strip * (kStripElems / 16) + lane,
+                            planes + strip * (kPlanes * kLanes) + lane);
 }
 
 // Bits of a lane's elements that are fallbacks (code 0); bit b = r + 16e.

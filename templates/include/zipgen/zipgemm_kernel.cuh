@@ -15,6 +15,7 @@
 // result is the same on every run.
 #pragma once
 #include <zipgen/mma.cuh>
+#include <zipgen/staged_activations.cuh>
 #include <zipgen/tcatbe.cuh>
 
 namespace zipgen {
@@ -24,29 +25,11 @@ constexpr int kStashBytes = 128;  // fallback exponents a warp prefetches per st
 // any 8 consecutive lanes (one shared-memory wavefront) hit 8 different 4-bank groups.
 constexpr int kLaneStageBytes = 80;
 constexpr int kWarpTileBytes = kLanes * kLaneStageBytes;
-// A token tile's activations of one strip (8 tokens x 64 columns), staged so that ldmatrix
-// builds the mma B fragments: rows of 128 bytes at a pitch of 144, so that the 8 rows one
-// ldmatrix phase reads fall into different banks.
-constexpr int kXPitchBytes = 144;
-constexpr int kXTileBytes = 8 * kXPitchBytes;
-
-// A warp's shared memory: its lanes' decode tiles, the staged activations (stage_x only), then
-// one fallback stash per ring buffer.
-template <int kTokenTiles, bool kStageX>
-__host__ __device__ constexpr int warp_stage_bytes() {
-  return kWarpTileBytes + (kStageX ? kTokenTiles * kXTileBytes : 0);
-}
-
-// Keep a loop-invariant value in a register. ptxas otherwise recomputes lane-derived values
-// (thread index, shared-memory window, kernel parameters) in every strip to save registers,
-// which costs ~30 issue slots per strip in an issue-bound loop.
-template <typename T>
-__device__ __forceinline__ void pin(T& v) {
-  if constexpr (sizeof(T) == 8) {
-    asm volatile("" : "+l"(v));
-  } else {
-    asm volatile("" : "+r"(v));
-  }
+// Shared memory: per warp its lanes' decode tiles and one fallback stash per ring buffer;
+// then (stage_x) per K slice the double buffer of staged activations (staged_activations.cuh).
+template <int kDepth>
+__host__ __device__ constexpr int warp_smem_bytes() {
+  return kWarpTileBytes + (kDepth + 1) * kStashBytes;
 }
 
 struct GemmArgs {
@@ -116,13 +99,20 @@ struct StripInput {
   int skip;        // offset & 3: where the strip's exponents start in the stash
 };
 
+// Where a strip's activations come from, on the direct path: this lane's token rows at the
+// strip's first column, and K minus that column.
+template <int kTokenTiles>
+struct StripActivations {
+  const unsigned short* rows[kTokenTiles];
+  int cols_left;
+};
+
 // The activations (mma B operands) of a strip come one of two ways, chosen per kernel
-// (ZipGemmConfig.stage_x). Both start from x_strip[nt]: this lane's token row (l >> 2 of token
-// tile nt; tokens past M read row M - 1, whose sums are never stored) at the strip's first
-// column. cols_left = K - that column: in a ragged last strip (kRagged) columns past K read
-// zeros; K % 8 == 0, so a pair or a 16-byte chunk is wholly inside or outside.
-//
-// Direct: each lane loads its B fragments itself, 8 x 4 bytes per token tile. Cheapest in
+// (ZipGemmConfig.stage_x): staged through shared memory (staged_activations.cuh), or direct:
+// each lane loads its B fragments itself, 8 x 4 bytes per token tile, from x_strip[nt] (this
+// lane's token row, l >> 2 of token tile nt, at the strip's first column; tokens past M read row
+// M - 1, whose sums are never stored). In a ragged last strip (kRagged) columns past K
+// (cols_left) read zeros; K % 8 == 0, so a pair is wholly inside or outside. Cheapest in
 // instructions and registers when the token rows coincide (M = 1: one line per load), but with
 // 8 different rows every load touches 8 lines: 8x the L1 wavefronts.
 template <int kTokenTiles, bool kRagged>
@@ -143,79 +133,27 @@ __device__ __forceinline__ void direct_fragments(unsigned (&bf)[kTokenTiles][4][
   }
 }
 
-// Staged: lanes load whole 16-byte chunks (lane l: chunks 2 (l & 3) and 2 (l & 3) + 1 of its
-// row), store them to shared memory and read B fragments back with ldmatrix.
-template <int kTokenTiles, bool kRagged>
-__device__ __forceinline__ void load_chunks(uint4 (&xv)[kTokenTiles][2],
-                                            const unsigned short* const (&x_strip)[kTokenTiles],
-                                            int cols_left, int lane) {
-  const int first = 16 * (lane & 3);
-#pragma unroll
-  for (int nt = 0; nt < kTokenTiles; ++nt)
-#pragma unroll
-    for (int h = 0; h < 2; ++h)
-      xv[nt][h] = !kRagged || first + 8 * h < cols_left
-                      ? __ldg(reinterpret_cast<const uint4*>(x_strip[nt] + first) + h)
-                      : make_uint4(0, 0, 0, 0);
-}
-
-// Rows at a pitch of 9 chunks; a lane's two chunks are 2 (l & 3) + h, so the 8 lanes of a
-// store phase (two rows) hit 8 different 4-bank groups, and so do the 8 rows of an ldmatrix.
-template <int kTokenTiles>
-__device__ __forceinline__ void store_chunks(const uint4 (&xv)[kTokenTiles][2], unsigned x_stage,
-                                             int lane) {
-  const unsigned at = x_stage + (lane >> 2) * kXPitchBytes + 32 * (lane & 3);
-#pragma unroll
-  for (int nt = 0; nt < kTokenTiles; ++nt)
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const uint4 v = xv[nt][h];
-      st_shared_v4(at + nt * kXTileBytes + 16 * h, v.x, v.y, v.z, v.w);
-    }
-}
-
-// bf[t] = {b0, b1} of tensor-core tile t (columns 16t .. 16t + 15) of one staged token tile.
-// ldmatrix.x4: lane l addresses row l & 7 of matrix l >> 3 = columns 8 (l >> 3) ..; matrices
-// 0-3 are b0, b1 of tile 2p and b0, b1 of tile 2p + 1 (64 bytes further for p = 1).
-__device__ __forceinline__ void staged_fragments(unsigned (&bf)[4][2], unsigned x_tile, int lane) {
-  const unsigned read_at = x_tile + (lane & 7) * kXPitchBytes + 16 * (lane >> 3);
-#pragma unroll
-  for (int p = 0; p < 2; ++p) {
-    unsigned r[4];
-    ldmatrix_x4_shared(r, read_at + 64 * p);
-    bf[2 * p][0] = r[0];
-    bf[2 * p][1] = r[1];
-    bf[2 * p + 1][0] = r[2];
-    bf[2 * p + 1][1] = r[3];
-  }
-}
-
-// Where a strip's activations come from (see above): its token rows at the strip's first
-// column, and K minus that column.
-template <int kTokenTiles>
-struct StripActivations {
-  const unsigned short* rows[kTokenTiles];
-  int cols_left;
+// Nothing to do after the barrier (direct path, ragged strip)
+struct NoCopy {
+  __device__ void operator()() const {}
 };
 
 // Decode one strip into this lane's shared-memory slice, patch its fallbacks, and multiply.
-template <int kTokenTiles, bool kStageX, bool kRagged>
+// Direct: x says where the activations are. Staged (kStageX): they were copied into buffer
+// `buffer` of `staged` before; once the group has synchronised, copy_next() issues the next
+// strip's copies.
+template <int kTokenTiles, bool kStageX, bool kRagged, typename Staged, typename CopyNext>
 __device__ __forceinline__ void multiply_strip(float (&acc)[kTokenTiles][4], const StripInput& in,
                                                const StripActivations<kTokenTiles>& x,
-                                               unsigned base_pair,
-                                               unsigned x_stage, unsigned lane_tile,
+                                               const Staged& staged, int buffer,
+                                               const CopyNext& copy_next, unsigned base_pair,
+                                               unsigned lane_tile,
                                                unsigned stash, unsigned stash_lane,
                                                const GemmArgs& a, int offset_if_overflow,
                                                int lane) {
-  // 0. activations, in flight while the strip decodes: B fragments (direct) or 16-byte chunks
-  // to stage (kStageX)
+  // 0. direct: the B fragments, in flight while the strip decodes
   unsigned bf[kTokenTiles][4][2];
-  uint4 xv[kTokenTiles][2];
-  if constexpr (kStageX) {
-    load_chunks<kTokenTiles, kRagged>(xv, x.rows, x.cols_left, lane);
-  } else {
-    direct_fragments<kTokenTiles, kRagged>(bf, x.rows, x.cols_left, lane);
-  }
+  if constexpr (!kStageX) direct_fragments<kTokenTiles, kRagged>(bf, x.rows, x.cols_left, lane);
 
   // 1. decode: registers 4t .. 4t + 3 are the A fragment of tile t
   const CodeWords codes = code_words(in.data);
@@ -231,12 +169,13 @@ __device__ __forceinline__ void multiply_strip(float (&acc)[kTokenTiles][4], con
   const int own = __popc(fallbacks);
   const int below = lanes_below(own);
   const int total = __shfl_sync(0xFFFFFFFFu, below + own, 31);
-  if constexpr (kStageX) {
-    __syncwarp();  // every lane is done with the previous strip's staged activations
-    store_chunks<kTokenTiles>(xv, x_stage, lane);
-  }
   st_shared_u32(stash_lane, in.stash);  // stash + 4 lane
-  __syncwarp();
+  if constexpr (kStageX) {
+    staged.wait_and_sync();  // the stash words and the strip's activations are visible
+    copy_next();             // nobody reads the other buffer any more
+  } else {
+    __syncwarp();  // everybody's stash words are visible
+  }
   // plane bit b = r + 16e is half e of register r: byte 4r + 2e of the lane's slice
   const auto slot_of = [lane_tile](unsigned b) {  // 4 (b & 15) + 2 (b >> 4), in fewer steps
     return SharedHalf{lane_tile + 4 * b - 62 * (b >> 4)};
@@ -258,19 +197,13 @@ __device__ __forceinline__ void multiply_strip(float (&acc)[kTokenTiles][4], con
   }
 
   // 3. tensor cores: the strip's 4 tiles of 16x16 (A fragments back from the lane's own
-  // slice) against every token tile. Staged: one token tile at a time, re-reading the A
-  // fragments, so that only one tile's B fragments are live.
+  // slice, each read once) against every token tile
   if constexpr (kStageX) {
 #pragma unroll
-    for (int nt = 0; nt < kTokenTiles; ++nt) {
-      unsigned b[4][2];
-      staged_fragments(b, x_stage + nt * kXTileBytes, lane);
-#pragma unroll
-      for (int t = 0; t < 4; ++t) {
-        const uint4 v = ld_shared_v4(lane_tile + 16 * t);
-        const unsigned af[4] = {v.x, v.y, v.z, v.w};
-        mma_bf16_16816(acc[nt], af, b[t][0], b[t][1]);
-      }
+    for (int t = 0; t < 4; ++t) {
+      const uint4 v = ld_shared_v4(lane_tile + 16 * t);
+      const unsigned af[4] = {v.x, v.y, v.z, v.w};
+      staged.multiply(acc, af, t, buffer);
     }
   } else {
 #pragma unroll
@@ -284,6 +217,19 @@ __device__ __forceinline__ void multiply_strip(float (&acc)[kTokenTiles][4], con
   }
 }
 
+// The direct path's stand-in for StagedActivations: nothing to stage.
+struct NoStaging {
+  __device__ void pin_registers() {}
+};
+template <bool kStageX, int kRowGroups, int kTokenTiles>
+struct StagingOf {
+  using type = NoStaging;
+};
+template <int kRowGroups, int kTokenTiles>
+struct StagingOf<true, kRowGroups, kTokenTiles> {
+  using type = StagedActivations<kRowGroups, kTokenTiles>;
+};
+
 template <int kWarps, int kRowGroups, int kTokenTiles, int kDepth, bool kStageX>
 __device__ __forceinline__ void zipgemm_rows(const GemmArgs& a, unsigned char* smem) {
   constexpr int kTokens = kTokenTiles * 8;
@@ -292,38 +238,62 @@ __device__ __forceinline__ void zipgemm_rows(const GemmArgs& a, unsigned char* s
   const int lane = threadIdx.x & 31;
   const int warp = threadIdx.x >> 5;
   const int g = lane >> 2, q = lane & 3;
-  // Warp w works on row group w % kRowGroups of the CTA and on its K slice w / kRowGroups;
-  // warps of one K slice read the same activations at about the same time (L1 hits).
-  const int row_group = blockIdx.x * kRowGroups + warp % kRowGroups;
+  // Warp w works on row group w % kRowGroups of the CTA and on its K slice w / kRowGroups.
+  // A row group past N (in the last CTA) redoes the last one, so that every warp of a K slice
+  // takes part in the slice's barriers (staged); its sums are never stored.
+  const int row_group = min(static_cast<int>(blockIdx.x) * kRowGroups + warp % kRowGroups,
+                            (a.n - 1) / kStripRows);
   const int slice = warp / kRowGroups;
   const int tok0 = blockIdx.y * kTokens;
-  constexpr int kStageBytes = warp_stage_bytes<kTokenTiles, kStageX>();
-  unsigned char* warp_smem = smem + warp * (kStageBytes + kBuffers * kStashBytes);
+  unsigned char* warp_smem = smem + warp * warp_smem_bytes<kDepth>();
   unsigned lane_tile = shared_address(warp_smem + lane * kLaneStageBytes);
-  unsigned x_stage = shared_address(warp_smem + kWarpTileBytes);
-  unsigned stash_slots = shared_address(warp_smem + kStageBytes);
+  unsigned stash_slots = shared_address(warp_smem + kWarpTileBytes);
   unsigned stash_lane = stash_slots + 4 * lane;
-  const bool rows_exist = row_group * kStripRows < a.n;
-  const int count = rows_exist && slice < a.strips_per_row_group
+  const int count = slice < a.strips_per_row_group
                         ? (a.strips_per_row_group - 1 - slice) / kWarpsK + 1 : 0;
-  // The last strip of a row is ragged when K is not a multiple of 64; the warp that owns it
-  // multiplies it after the main loop, so that the loop's activation loads need no bounds.
+  // The last strip of a row is ragged when K is not a multiple of 64; the warps that own it
+  // multiply it after the main loop, so that the loop's activation loads need no bounds.
   const bool owns_ragged = (a.k & 63) != 0 && count > 0 &&
                            slice + (count - 1) * kWarpsK == a.strips_per_row_group - 1;
   const int full = count - owns_ragged;
   unsigned base_pair = base_pair_of(a.base);
+  const auto cols_left_of = [&](int j) { return a.k - (slice + j * kWarpsK) * kStripCols; };
+  const auto columns_of = [](int j) { return static_cast<unsigned>(j * kWarpsK * kStripCols); };
 
   float acc[kTokenTiles][4];
 #pragma unroll
   for (int t = 0; t < kTokenTiles; ++t) acc[t][0] = acc[t][1] = acc[t][2] = acc[t][3] = 0.f;
 
-  // This lane's token rows (l >> 2 of each token tile) at the slice's first column; tokens
-  // past M read row M - 1.
+  // Token row r of the CTA (rows past M read row M - 1) at the slice's first column.
+  const auto x_row = [&](int r) {
+    return a.x + static_cast<long long>(min(tok0 + r, a.m - 1)) * a.k + slice * kStripCols;
+  };
+  // Direct: this lane's token rows (l >> 2 of each token tile); strip j's activations.
   const unsigned short* x_rows[kTokenTiles];
 #pragma unroll
-  for (int nt = 0; nt < kTokenTiles; ++nt)
-    x_rows[nt] = a.x + static_cast<long long>(min(tok0 + nt * 8 + (lane >> 2), a.m - 1)) * a.k +
-                 slice * kStripCols;
+  for (int nt = 0; nt < kTokenTiles; ++nt) x_rows[nt] = x_row(nt * 8 + g);
+  const auto activations_of = [&](int j) {
+    StripActivations<kTokenTiles> x;
+#pragma unroll
+    for (int nt = 0; nt < kTokenTiles; ++nt) x.rows[nt] = x_rows[nt] + columns_of(j);
+    x.cols_left = cols_left_of(j);
+    return x;
+  };
+  // Staged: the slice's double buffer, after every warp's decode tiles and stashes; strip j
+  // sits in buffer j & 1, copied during strip j - 1.
+  using Staging = typename StagingOf<kStageX, kRowGroups, kTokenTiles>::type;
+  Staging staged = [&] {
+    if constexpr (kStageX) {
+      const unsigned base = shared_address(smem + kWarps * warp_smem_bytes<kDepth>()) +
+                            slice * 2 * staged_buffer_bytes<kTokenTiles>();
+      return Staging(base, warp % kRowGroups, slice, lane, x_row);
+    } else {
+      return Staging{};
+    }
+  }();
+  if constexpr (kStageX) {
+    if (full > 0) staged.template copy<false>(0, 0, 0);
+  }
 
   // Strip j of this warp (strip number strip0 + j * kWarpsK of the matrix): its data sits in
   // ring[j % kBuffers], loaded at iteration j - kDepth; its fallback offset in
@@ -347,7 +317,6 @@ __device__ __forceinline__ void zipgemm_rows(const GemmArgs& a, unsigned char* s
     ring[0].skip = offsets[0] & 3;
   }
   for (int j0 = 0; j0 < full; j0 += kBuffers) {
-    pin(x_stage);
     pin(lane_tile);
     pin(stash_slots);
     pin(stash_lane);
@@ -357,6 +326,7 @@ __device__ __forceinline__ void zipgemm_rows(const GemmArgs& a, unsigned char* s
     pin(base_pair);
     pin(stash_source.lane_bytes);
     pin(stash_source.last);
+    staged.pin_registers();
 #pragma unroll
     for (int u = 0; u < kBuffers; ++u) {
       const int j = j0 + u;
@@ -367,30 +337,32 @@ __device__ __forceinline__ void zipgemm_rows(const GemmArgs& a, unsigned char* s
       next.skip = offsets[(u + 1) % kBuffers] & 3;
       const int offset = offsets[u];
       offsets[u] = streams.offset(strip_at(j + kBuffers));  // offsets[u] is free again
-      StripActivations<kTokenTiles> x;
-#pragma unroll
-      for (int nt = 0; nt < kTokenTiles; ++nt) x.rows[nt] = x_rows[nt] + j * kWarpsK * kStripCols;
-      x.cols_left = a.k;  // not ragged: no bounds needed
-      multiply_strip<kTokenTiles, kStageX, false>(acc, ring[u], x, base_pair,
-                                         x_stage, lane_tile, stash_slots + u * kStashBytes,
-                                         stash_lane + u * kStashBytes, a, offset, lane);
+      const auto copy_next = [&] {  // the group's next full strip
+        if constexpr (kStageX) {
+          if (j + 1 < full) staged.template copy<false>(columns_of(j + 1), (j + 1) & 1, 0);
+        }
+      };
+      multiply_strip<kTokenTiles, kStageX, false>(
+          acc, ring[u], activations_of(j), staged, j & 1, copy_next, base_pair, lane_tile,
+          stash_slots + u * kStashBytes, stash_lane + u * kStashBytes, a, offset, lane);
     }
   }
   if (owns_ragged) {  // once per row: load it directly
-    __syncwarp();  // stash slot 0 may still be read by the last loop iteration's lanes
+    // Its activations go to buffer full & 1, which nobody has read since the last strip's
+    // barrier (staged), and stash slot 0 may still be read by the last iteration's lanes.
+    if constexpr (kStageX) {
+      staged.template copy<true>(columns_of(full), full & 1, cols_left_of(full));
+    }
+    __syncwarp();
     const unsigned s = strip0 + static_cast<unsigned>(full) * kWarpsK;
     StripInput ragged;
     ragged.data = streams.load(s);
     const int offset = streams.offset(s);
     ragged.stash = stash_source.load(offset);
     ragged.skip = offset & 3;
-    StripActivations<kTokenTiles> x;
-#pragma unroll
-    for (int nt = 0; nt < kTokenTiles; ++nt) x.rows[nt] = x_rows[nt] + full * kWarpsK * kStripCols;
-    x.cols_left = a.k - (slice + full * kWarpsK) * kStripCols;
-    multiply_strip<kTokenTiles, kStageX, true>(acc, ragged, x, base_pair, x_stage,
-                                               lane_tile, stash_slots, stash_lane, a, offset,
-                                               lane);
+    multiply_strip<kTokenTiles, kStageX, true>(acc, ragged, activations_of(full), staged, full & 1,
+                                               NoCopy{}, base_pair, lane_tile, stash_slots,
+                                               stash_lane, a, offset, lane);
   }
 
   // Sum each row group's K-slice partials in slice order and write BF16 rows of y.
