@@ -54,8 +54,7 @@ def fused_config(m: int, n: int, k: int) -> ZipGemmConfig:
             candidates = [ZipGemmConfig(16, 1, 1, 1, False), ZipGemmConfig(8, 1, 1, 1, False)]
     else:  # activations staged in shared memory, shared by the row groups of a K slice
         if k >= 8192:
-            candidates = [ZipGemmConfig(16, 1, 1, 1, True) if tiles == 1
-                          else ZipGemmConfig(8, tiles, 1, 2, True)]
+            candidates = [ZipGemmConfig(16, tiles, 1, 2 if tiles == 1 else 4, True)]
         elif n >= 16384:
             candidates = [ZipGemmConfig(8, tiles, 1, 2 if tiles == 1 else 4, True)]
         else:
