@@ -199,6 +199,24 @@ def test_fused_main_loop_stays_within_its_instruction_budget(fields, tmp_path):
         f"{' '.join(str(int(v)) for v in fields)} --lines shows where they go)")
 
 
+@pytest.mark.parametrize("fields", [(4, 4, 4, 4, True), (8, 2, 1, 4, True), (16, 1, 1, 2, True),
+                                    (8, 2, 1, 1, True), (4, 1, 1, 1, False)])
+def test_fused_kernel_reserves_only_the_barriers_it_uses(fields, tmp_path):
+    """Row groups sharing staged activations sync on barriers 1 .. warps / row_groups (0 is
+    __syncthreads). A barrier id in a register makes ptxas reserve all 16, which caps an SM at 4
+    resident CTAs (Nsight Compute's "Block Limit Barriers", H200, 2026-11-28)."""
+    tool = _cuobjdump()
+    if tool is None:
+        pytest.skip("cuobjdump not found (pip install nvidia-cuda-cuobjdump)")
+    from zipgen.codegen import ZipGemmConfig
+    from zipgen.compile.cuobjdump import named_barriers
+    cfg = ZipGemmConfig(*fields)
+    path = tmp_path / "k.cubin"
+    path.write_bytes(build_kernel("zipgemm", "sm_90", cfg).cubin)
+    shared = cfg.stage_x and cfg.row_groups > 1
+    assert named_barriers(tool, path) == (1 + cfg.warps_per_cta // cfg.row_groups if shared else 1)
+
+
 # --- validation ---------------------------------------------------------------------------------------
 
 

@@ -36,3 +36,16 @@ def resource_usage(tool: str, cubin_path: Path) -> dict[str, dict[str, int]]:
             usage[current] = {k: int(v) for k, v in fields}
             current = None
     return usage
+
+
+def named_barriers(tool: str, cubin_path: Path) -> int | None:
+    """How many named barriers the cubin's kernel reserves (EIATTR_NUM_BARRIERS in
+    `cuobjdump -elf`): the SM's barriers are shared by its resident CTAs, so this can cap
+    occupancy. None when the tool fails or the attribute is absent."""
+    try:
+        out = subprocess.run([tool, "-elf", str(cubin_path)], capture_output=True, text=True,
+                             timeout=60, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    m = re.search(r"EIATTR_NUM_BARRIERS\s.*?Value:\s*0x([0-9a-f]+)", out, re.S)
+    return int(m.group(1), 16) if m else None

@@ -28,7 +28,19 @@ __host__ __device__ constexpr int staged_buffer_bytes() {
 // Where a strip's activations come from: `rows` are pointers at the strip's first column
 // (users add their lane's column), `cols_left` = K - that column. In a ragged last strip
 // (kRagged) columns past K read zeros; K % 8 == 0, so a chunk is wholly inside or outside.
-template <int kRowGroups, int kTokenTiles>
+// bar.sync kId .. kLast with the id as an immediate: with a register id ptxas reserves all 16
+// named barriers (EIATTR_NUM_BARRIERS 16), and the SM's barriers then cap residency at 4 CTAs
+// (Nsight Compute "Block Limit Barriers"); with immediates it reserves kLast + 1.
+template <int kId, int kLast, int kThreads>
+__device__ __forceinline__ void named_barrier(int id) {
+  if (kId == kLast || id == kId) {  // the last one needs no test: id is one of them
+    asm volatile("bar.sync %0, %1;\n" ::"n"(kId), "n"(kThreads) : "memory");
+    return;
+  }
+  if constexpr (kId < kLast) named_barrier<kId + 1, kLast, kThreads>(id);
+}
+
+template <int kRowGroups, int kTokenTiles, int kSlices>
 struct StagedActivations {
   // pair p of a strip: token row p >> 2, chunks 2 (p & 3) and 2 (p & 3) + 1 (columns
   // 16 (p & 3) .. + 15); the group's lane i copies pairs i, i + kGroupLanes, ...
@@ -95,7 +107,7 @@ struct StagedActivations {
     if constexpr (kRowGroups == 1) {
       __syncwarp();
     } else {
-      asm volatile("bar.sync %0, %1;\n" ::"r"(barrier), "n"(32 * kRowGroups) : "memory");
+      named_barrier<1, kSlices, 32 * kRowGroups>(barrier);
     }
   }
 

@@ -221,13 +221,13 @@ __device__ __forceinline__ void multiply_strip(float (&acc)[kTokenTiles][4], con
 struct NoStaging {
   __device__ void pin_registers() {}
 };
-template <bool kStageX, int kRowGroups, int kTokenTiles>
+template <bool kStageX, int kRowGroups, int kTokenTiles, int kSlices>
 struct StagingOf {
   using type = NoStaging;
 };
-template <int kRowGroups, int kTokenTiles>
-struct StagingOf<true, kRowGroups, kTokenTiles> {
-  using type = StagedActivations<kRowGroups, kTokenTiles>;
+template <int kRowGroups, int kTokenTiles, int kSlices>
+struct StagingOf<true, kRowGroups, kTokenTiles, kSlices> {
+  using type = StagedActivations<kRowGroups, kTokenTiles, kSlices>;
 };
 
 template <int kWarps, int kRowGroups, int kTokenTiles, int kDepth, bool kStageX>
@@ -281,7 +281,7 @@ __device__ __forceinline__ void zipgemm_rows(const GemmArgs& a, unsigned char* s
   };
   // Staged: the slice's double buffer, after every warp's decode tiles and stashes; strip j
   // sits in buffer j & 1, copied during strip j - 1.
-  using Staging = typename StagingOf<kStageX, kRowGroups, kTokenTiles>::type;
+  using Staging = typename StagingOf<kStageX, kRowGroups, kTokenTiles, kWarpsK>::type;
   Staging staged = [&] {
     if constexpr (kStageX) {
       const unsigned base = shared_address(smem + kWarps * warp_smem_bytes<kDepth>()) +
