@@ -25,9 +25,9 @@ __host__ __device__ constexpr int staged_buffer_bytes() {
   return kTokenTiles * kXTileBytes;
 }
 
-// Where a strip's activations come from: `rows` are pointers at the strip's first column
-// (users add their lane's column), `cols_left` = K - that column. In a ragged last strip
-// (kRagged) columns past K read zeros; K % 8 == 0, so a chunk is wholly inside or outside.
+// One lane's part in its K slice's shared staging. In a ragged last strip (kRagged), chunks
+// past K (cols_left = K - the strip's first column) are zero-filled; K % 8 == 0, so a chunk is
+// wholly inside or outside.
 // bar.sync kId .. kLast with the id as an immediate: with a register id ptxas reserves all 16
 // named barriers (EIATTR_NUM_BARRIERS 16), and the SM's barriers then cap residency at 4 CTAs
 // (Nsight Compute "Block Limit Barriers"); with immediates it reserves kLast + 1.
@@ -53,7 +53,7 @@ struct StagedActivations {
 
   const unsigned short* src[kPerLane];  // this lane's pairs in the slice's first strip
   unsigned copy_to;  // shared address of this lane's first pair in buffer 0
-  unsigned read_at;  // this lane's ldmatrix row address in buffer 0 (see fragments)
+  unsigned read_at;  // this lane's ldmatrix row address in buffer 0 (see multiply)
   int column;        // 16 (p & 3): the lane's first column within a strip
   bool copies;       // false for the idle lanes when the group has more lanes than pairs
   int barrier;       // named barrier of the group (kRowGroups > 1)
