@@ -22,7 +22,9 @@ Per batch size: random prompt of --prompt tokens, prefill into a static KV cache
 --new-tokens greedy tokens with one decode step replayed from a CUDA graph (--mode graph) or
 torch.compile(mode="reduce-overhead") (--mode compile). Reported: decode tokens/s (batch x
 steps / decode time), ms per decode step, weight memory, peak allocated memory, greedy
-agreement (share of equal tokens, mean index of the first difference). `--layers 2` gives a
+agreement (share of equal tokens, mean index of the first difference) and teacher-forced
+agreement (the compressed model fed the BF16 model's tokens through the same decode steps: the
+share of positions where both pick the same token after the same prefix). `--layers 2` gives a
 quick run with the 8B layer shapes.
 """
 from __future__ import annotations

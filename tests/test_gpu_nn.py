@@ -182,6 +182,7 @@ def test_bench_model_cli_on_cuda(llama, tmp_path, capsys):
     assert "greedy agree" in capsys.readouterr().out
     rows = json.loads(out.read_text())["rows"]
     assert [r["agreement"] for r in rows] == [1.0, 1.0]  # decode + cuBLAS equals F.linear
+    assert [r["teacher_forced_agreement"] for r in rows] == [1.0, 1.0]
 
 
 @pytest.mark.slow

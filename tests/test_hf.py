@@ -185,6 +185,25 @@ def test_bench_harness_matches_generate(llama):
         hf_bench.benchmark(model, "x", mode="graph")
 
 
+def test_teacher_forcing_feeds_the_given_tokens(llama):
+    """With forced tokens the decoder feeds them and records the model's argmax after each
+    prefix: the same as one full forward pass over the prompt and the forced tokens."""
+    _, dst = llama
+    model = hf.from_pretrained(dst, device="cpu")
+    prompt = hf_bench.prompts(model.config.vocab_size, 2, 8)
+    forced = torch.randint(0, model.config.vocab_size, (2, 5),
+                           generator=torch.Generator().manual_seed(5))
+    dec = hf_bench._Decoder(model, 2, 8, 5, "eager", forced=forced)
+    dec.capture(prompt)
+    predicted, _, _ = dec.run(prompt)
+    with torch.no_grad():
+        logits = model(input_ids=torch.cat([prompt, forced], 1)).logits
+    assert torch.equal(predicted, logits[:, 7:12].argmax(-1))
+    assert not torch.equal(predicted, forced)  # random tokens are not the model's own choices
+    with pytest.raises(InputError, match="forced tokens"):
+        hf_bench._Decoder(model, 2, 8, 4, "eager", forced=forced)
+
+
 def test_decode_step_has_no_host_sync(llama):
     """What a CUDA graph cannot capture: a step that reads a device value on the host. Seen on
     the CPU as the aten ops behind .item() / bool() / nonzero (zipgen's ops are opaque here;
@@ -220,9 +239,11 @@ def test_bench_model_cli_on_the_cpu(llama, tmp_path, capsys):
     assert main(["bench-model", str(dst), "--device", "cpu", "--mode", "eager", "--batches",
                  "1,2", "--prompt", "8", "--new-tokens", "4", "--json", str(out)]) == 0
     text = capsys.readouterr().out
-    assert "greedy agree" in text and "100.0%" in text and "15 Linear layers compressed" in text
+    assert "greedy agree" in text and "forced agree" in text and "100.0%" in text
+    assert "15 Linear layers compressed" in text
     rows = json.loads(out.read_text())["rows"]
     assert [r["agreement"] for r in rows] == [1.0, 1.0]
+    assert [r["teacher_forced_agreement"] for r in rows] == [1.0, 1.0]
     assert rows[0]["compressed"]["weight_bytes"] < rows[0]["baseline"]["weight_bytes"]
 
 

@@ -6,6 +6,11 @@ then greedy decoding where one decode step (forward + argmax + bookkeeping) is r
 CUDA graph (graphs="graph"), run through torch.compile(mode="reduce-overhead") ("compile"), or
 run eagerly ("eager", also the CPU mode used by the tests). Times are wall clock around the
 decode loop after a synchronise; memory is torch.cuda's peak allocation during the run.
+
+Agreement with the baseline is reported two ways: free-running (each model feeds itself its own
+greedy tokens; one flipped argmax changes everything after it) and teacher-forced (the compressed
+model is fed the baseline's tokens through the same decode steps, so every position compares
+the two models' argmax after the same prefix, with the kernels of a decode step).
 """
 from __future__ import annotations
 
@@ -56,7 +61,10 @@ class _Decoder:
     """Static buffers around one model and batch size: the KV cache, the current token and
     position, the generated tokens. step() touches only these, so it can be captured."""
 
-    def __init__(self, model, batch: int, prompt_len: int, new_tokens: int, mode: str):
+    def __init__(self, model, batch: int, prompt_len: int, new_tokens: int, mode: str,
+                 forced: torch.Tensor | None = None):
+        """forced: [batch, new_tokens] tokens to feed instead of the model's own argmax (teacher
+        forcing); self.tokens still records the model's argmax at each position."""
         from transformers import StaticCache
 
         self.model, self.mode, self.batch = model, mode, batch
@@ -74,6 +82,13 @@ class _Decoder:
         self.new_tokens = new_tokens
         # +2 columns for the warm-up steps too
         self.tokens = torch.zeros(batch, new_tokens + 2, dtype=torch.long, device=device)
+        self.forced = None
+        if forced is not None:
+            if forced.shape != (batch, new_tokens):
+                raise InputError(f"forced tokens must be [{batch}, {new_tokens}], got "
+                                 f"{list(forced.shape)}")
+            self.forced = torch.zeros_like(self.tokens)
+            self.forced[:, :new_tokens] = forced.to(device)
         self.forward = model.forward
         if mode == "compile":
             self.forward = torch.compile(model.forward, mode="reduce-overhead", fullgraph=False)
@@ -85,9 +100,9 @@ class _Decoder:
         n = prompt.shape[1]
         pos = torch.arange(n, device=self.device).expand(self.batch, n)
         logits = self.model(input_ids=prompt, position_ids=pos, **self.kwargs, **self.keep).logits
-        self.ids.copy_(logits[:, -1:].argmax(-1))
+        self.tokens[:, :1] = logits[:, -1:].argmax(-1)
+        self.ids.copy_(self.tokens[:, :1] if self.forced is None else self.forced[:, :1])
         self.pos.fill_(n)
-        self.tokens[:, :1] = self.ids
         self.index.fill_(1)
 
     @torch.no_grad()
@@ -95,9 +110,10 @@ class _Decoder:
         if self.mode == "compile":
             torch.compiler.cudagraph_mark_step_begin()
         logits = self.forward(input_ids=self.ids, position_ids=self.pos, **self.kwargs).logits
-        self.ids.copy_(logits[:, -1:].argmax(-1))
+        predicted = logits[:, -1:].argmax(-1)
+        self.tokens.index_copy_(1, self.index, predicted)
+        self.ids.copy_(predicted if self.forced is None else self.forced.index_select(1, self.index))
         self.pos.add_(1)
-        self.tokens.index_copy_(1, self.index, self.ids)
         self.index.add_(1)
 
     def capture(self, prompt: torch.Tensor) -> None:
@@ -166,6 +182,21 @@ def benchmark(model, label: str, batches=(1, 8, 32), prompt_len: int = 128,
     return runs
 
 
+def teacher_forced(model, baseline: list["DecodeRun"], mode: str = "graph") -> list[float]:
+    """Per baseline run: the share of positions where `model`'s argmax equals the baseline's
+    greedy token when both have seen the same tokens (the baseline's), through the same
+    decode-step kernels as the timed runs."""
+    shares = []
+    for run in baseline:
+        prompt = prompts(model.config.vocab_size, run.batch, run.prompt).to(model.device)
+        dec = _Decoder(model, run.batch, run.prompt, run.new_tokens, mode, forced=run.tokens)
+        dec.capture(prompt)
+        predicted, _, _ = dec.run(prompt)
+        shares.append(float((predicted == run.tokens).float().mean()))
+        del dec
+    return shares
+
+
 def agreement(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
     """(share of positions where the greedy tokens agree, mean index of the first difference
     per sequence, counting a sequence without difference as its length)."""
@@ -184,21 +215,25 @@ def describe(device: torch.device) -> str:
             f"# command: {' '.join(sys.argv)}")
 
 
-def report(baseline: list[DecodeRun], compressed: list[DecodeRun]) -> tuple[str, list[dict]]:
-    """A table comparing the two, and the rows as dicts (for --json)."""
+def report(baseline: list[DecodeRun], compressed: list[DecodeRun],
+           forced: list[float]) -> tuple[str, list[dict]]:
+    """A table comparing the two (forced: teacher_forced's shares), and the rows as dicts (for
+    --json)."""
     rows, out = [], []
-    for b, c in zip(baseline, compressed):
+    for b, c, f in zip(baseline, compressed, forced, strict=True):
         agree, first = agreement(b.tokens, c.tokens)
         rows.append([c.batch, f"{b.tokens_per_s:.1f}", f"{c.tokens_per_s:.1f}",
                      f"{c.tokens_per_s / b.tokens_per_s:.3f}", f"{b.ms_per_step:.3f}",
                      f"{c.ms_per_step:.3f}", human_bytes(b.weight_bytes),
                      human_bytes(c.weight_bytes), human_bytes(b.peak_bytes),
-                     human_bytes(c.peak_bytes), f"{100 * agree:.1f}%", f"{first:.1f}"])
+                     human_bytes(c.peak_bytes), f"{100 * agree:.1f}%", f"{first:.1f}",
+                     f"{100 * f:.1f}%"])
         out.append({"baseline": b.as_dict(), "compressed": c.as_dict(), "agreement": agree,
-                    "first_difference": first})
+                    "first_difference": first, "teacher_forced_agreement": f})
     text = table(["batch", "BF16 tok/s", "zipgen tok/s", "speedup", "BF16 ms/step",
                   "zipgen ms/step", "BF16 weights", "zipgen weights", "BF16 peak",
-                  "zipgen peak", "greedy agree", "1st diff"], rows, align="r" * 12)
+                  "zipgen peak", "greedy agree", "1st diff", "forced agree"], rows,
+                 align="r" * 13)
     return text, out
 
 
@@ -232,4 +267,4 @@ def compare(model, to_compressed, *, batches=(1, 8, 32), prompt_len=128, new_tok
     set_gemm_path(model, path)
     log(f"# zipgen ({path} GEMM path): {weight_memory(model)}")
     compressed = benchmark(model, "zipgen", batches, prompt_len, new_tokens, mode)
-    return report(baseline, compressed)
+    return report(baseline, compressed, teacher_forced(model, baseline, mode))
