@@ -1,6 +1,7 @@
 """Time every valid fused-kernel configuration on a few layers (a manual tuning run).
 
     python benchmarks/gemm_sweep.py [--layers "8B o,8B gate_up"] [--ms 1,16] [--stage-x 1]
+                                    [--row-strips 1,2] [--depths 1,2]
 
 Same method as benchmarks/gemm.py (CUDA graphs, weights rotated past L2, medians, cuBLAS from
 the same run); prints the configurations fastest first per (layer, M).
@@ -31,6 +32,8 @@ def main():
     ap.add_argument("--ms", default="1,16")
     ap.add_argument("--stage-x", choices=("both", "0", "1"), default="both",
                     help="only direct (0) or only staged (1) activation configurations")
+    ap.add_argument("--row-strips", default="1,2", help="strip rows per warp to try")
+    ap.add_argument("--depths", default="1,2", help="load depths to try")
     ap.add_argument("--json")
     args = ap.parse_args()
     print(header("fused ZipGEMM configuration sweep (benchmarks/gemm_sweep.py)"))
@@ -46,9 +49,10 @@ def main():
             xs = [torch.randn(m, k, device="cuda").to(torch.bfloat16) for _ in ws]
             t_cublas = graph_time_us([lambda x=x, w=w: F.linear(x, w) for x, w in zip(xs, ws)])
             rows = []
-            for warps, tiles, depth, groups, stage in itertools.product(
-                    (4, 8, 16), token_tiles_for(m), (1, 2), (1, 2, 4), stages):
-                cfg = ZipGemmConfig(warps, tiles, depth, groups, stage)
+            for warps, tiles, depth, groups, stage, strips in itertools.product(
+                    (4, 8, 16), token_tiles_for(m), map(int, args.depths.split(",")), (1, 2, 4),
+                    stages, map(int, args.row_strips.split(","))):
+                cfg = ZipGemmConfig(warps, tiles, depth, groups, stage, strips)
                 if cfg.problems(traits):
                     continue
                 y = gemm(xs[0], cts[0], config=cfg, fused=True).float()
@@ -63,6 +67,10 @@ def main():
             print("| config | µs | speedup |\n|---|---|---|")
             for t, cfg in rows[:8]:
                 print(f"| {cfg.describe()} | {t:.1f} | {t_cublas / t:.2f}x |")
+            for strips in sorted({c.row_strips for _, c in rows}):  # the best of each
+                t, cfg = next(r for r in rows if r[1].row_strips == strips)
+                print(f"| (best, row_strips={strips}) {cfg.describe()} | {t:.1f} | "
+                      f"{t_cublas / t:.2f}x |")
             print(f"| (slowest) {rows[-1][1].describe()} | {rows[-1][0]:.1f} | "
                   f"{t_cublas / rows[-1][0]:.2f}x |", flush=True)
         del ws, cts

@@ -2,7 +2,7 @@
     compute-sanitizer --tool memcheck python benchmarks/sanitize.py
     compute-sanitizer --tool racecheck python benchmarks/sanitize.py
 Covers both activation paths (direct, staged, with 1, 2 and 4 row groups sharing the staged
-activations: named barriers), a ragged last strip (K % 64 != 0), more than
+activations: named barriers), two strip rows per warp, a ragged last strip (K % 64 != 0), more than
 48 KB of dynamic shared memory, and fallback-heavy weights (the stash overflow path).
 racecheck reports hazards for the configurations with row_groups > 1 (named barriers with a
 thread count); it reports them on the race-free benchmarks/racecheck_probe.py too, so they say
@@ -38,7 +38,10 @@ for cfg in (ZipGemmConfig(4, 1, 1, 1, False), ZipGemmConfig(4, 2, 2, 1, True),
             ZipGemmConfig(8, 4, 3, 1, True),
             ZipGemmConfig(8, 1, 1, 2, True),   # 2 row groups share staged activations; idle lanes
             ZipGemmConfig(8, 2, 1, 4, True),   # 4 row groups
-            ZipGemmConfig(16, 4, 1, 4, True)):
+            ZipGemmConfig(16, 4, 1, 4, True),
+            ZipGemmConfig(4, 1, 2, 1, False, 2),  # two strip rows per warp (the last CTA's
+            ZipGemmConfig(8, 2, 1, 2, True, 2),   # second one past N: clamped)
+            ZipGemmConfig(4, 4, 1, 1, True, 2)):
     for m in (1, 9, 40):
         check(w2, ct2, m, cfg)
     check(heavy, ct3, 5, cfg)

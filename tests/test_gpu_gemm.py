@@ -94,6 +94,18 @@ def test_k_not_multiple_of_8_uses_decode_path(n, k):
                                                for rg in (1, 2, 4) for sx in (False, True))
                                  if not c.problems(ARCHES["sm_90"])])
 def test_every_config(cfg):
+    _check_config(cfg)
+
+
+@pytest.mark.parametrize("cfg", [c for c in (ZipGemmConfig(w, t, d, rg, sx, 2) for w in (4, 8, 16)
+                                               for t in (1, 2, 4, 8) for d in (1, 2)
+                                               for rg in (1, 2, 4) for sx in (False, True))
+                                 if not c.problems(ARCHES["sm_90"])])
+def test_every_config_with_two_strip_rows_per_warp(cfg):
+    _check_config(cfg)
+
+
+def _check_config(cfg):
     # 300 rows: a partial last row group and CTA; K = 1608: a ragged last strip (K % 64 = 8)
     w, ct = make(300, 1608, seed=7)
     x = activations(cfg.tokens + 3, 1608)  # a partial second token tile
@@ -118,7 +130,9 @@ def test_decode_path_equals_f_linear_exactly():
         assert torch.equal(bits_of(gemm(x, ct, bias, fused=False)), bits_of(F.linear(x, w, bias)))
 
 
-def test_fallback_heavy_weights():
+@pytest.mark.parametrize("cfg", [None, ZipGemmConfig(8, 2, 1, 2, True, 2),
+                                 ZipGemmConfig(4, 1, 2, 1, False, 2)])
+def test_fallback_heavy_weights(cfg):
     """A quarter of the weights outside the window: many fallbacks per lane and strip, beyond
     the 128-byte stash too."""
     w, _ = make(256, 2048)
@@ -131,7 +145,7 @@ def test_fallback_heavy_weights():
     assert ct.coverage < 0.8
     for m in (1, 16, 33):
         x = activations(m, 2048)
-        assert_close(gemm(x, ct, fused=True), reference(x, w))
+        assert_close(gemm(x, ct, config=cfg, fused=True), reference(x, w))
 
 
 @pytest.mark.parametrize("lo,hi", [(0, 6), (240, 254)])
@@ -160,7 +174,9 @@ def test_deterministic():
 
 @pytest.mark.parametrize("cfg", [ZipGemmConfig(8, 1, 1, 2, True), ZipGemmConfig(8, 2, 1, 4, True),
                                  ZipGemmConfig(8, 4, 1, 4, True), ZipGemmConfig(4, 4, 2, 1, True),
-                                 ZipGemmConfig(16, 1, 1, 2, True), ZipGemmConfig(16, 4, 1, 4, True)])
+                                 ZipGemmConfig(16, 1, 1, 2, True), ZipGemmConfig(16, 4, 1, 4, True),
+                                 ZipGemmConfig(8, 4, 1, 4, True, 2), ZipGemmConfig(16, 2, 1, 2, True, 2),
+                                 ZipGemmConfig(4, 4, 2, 1, True, 2)])
 def test_staged_activations_have_no_race(cfg):
     """The row groups of a K slice share staged activations through named barriers (one row
     group: __syncwarp), and the last CTA's extra row groups take part in them. A missing or

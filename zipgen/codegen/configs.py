@@ -59,9 +59,9 @@ class DecodeConfig(_Config):
 
 @dataclass(frozen=True)
 class ZipGemmConfig(_Config):
-    """The fused GEMM: a CTA computes row_groups * 16 rows of y for token_tiles * 8 tokens; the
-    warps_per_cta / row_groups warps of each row group split its K; each warp keeps `depth`
-    strips of loads in flight."""
+    """The fused GEMM: a CTA computes row_groups * row_strips * 16 rows of y for
+    token_tiles * 8 tokens; the warps_per_cta / row_groups warps of each row group (row_strips
+    strip rows) split its K; each warp keeps `depth` strips of loads in flight."""
 
     warps_per_cta: int = 8
     token_tiles: int = 1
@@ -71,6 +71,10 @@ class ZipGemmConfig(_Config):
     # slice) instead of each lane loading its B fragments: 8x fewer L1 wavefronts once token
     # rows differ (M > 1)
     stage_x: bool = False
+    # strip rows (16 rows each) per warp: the warp multiplies both with the activations it
+    # read once, halving the B-fragment traffic per weight (ldmatrix, at M > 8) for more
+    # registers (zipgemm_kernel.cuh)
+    row_strips: int = 1
 
     op = "zipgemm"
     template = "zipgemm.cu.j2"
@@ -85,6 +89,8 @@ class ZipGemmConfig(_Config):
             out.append(f"depth={self.depth} is not 1, 2, 3 or 4")
         if not isinstance(self.stage_x, bool):
             out.append(f"stage_x={self.stage_x!r} is not a bool")
+        if self.row_strips not in (1, 2):
+            out.append(f"row_strips={self.row_strips} is not 1 or 2")
         if self.row_groups not in (1, 2, 4) or self.warps_per_cta % self.row_groups:
             out.append(f"row_groups={self.row_groups} is not 1, 2 or 4 dividing warps_per_cta")
         if not out and self.smem_bytes > arch.max_smem_per_block:
@@ -111,15 +117,22 @@ class ZipGemmConfig(_Config):
         tiles = self.warps_per_cta * (32 * 80 + (self.depth + 1) * 128)
         if self.stage_x:
             tiles += self.warps_per_cta // self.row_groups * 2 * self.token_tiles * 8 * 144
-        partials = self.warps_per_cta * 16 * self.tokens * 4  # FP32 partial sums (reuses tiles)
+        # FP32 partial sums per warp and strip row (reuses the tiles)
+        partials = self.warps_per_cta * self.row_strips * 16 * self.tokens * 4
         return max(tiles, partials)
 
     def kernel_name(self, arch: ArchTraits) -> str:
-        return (f"zipgemm_{arch.short}_r{16 * self.row_groups}_t{self.tokens}"
-                f"_w{self.warps_per_cta}_d{self.depth}" + ("_sx" if self.stage_x else ""))
+        return (f"zipgemm_{arch.short}_r{self.rows}_t{self.tokens}_w{self.warps_per_cta}"
+                f"_d{self.depth}" + ("_sx" if self.stage_x else "")
+                + (f"_s{self.row_strips}" if self.row_strips > 1 else ""))
+
+    @property
+    def rows(self) -> int:
+        """Rows of y per CTA."""
+        return 16 * self.row_groups * self.row_strips
 
     def grid(self, n: int, m: int) -> tuple[int, int]:
-        return (-(-n // (16 * self.row_groups)), -(-m // self.tokens))
+        return (-(-n // self.rows), -(-m // self.tokens))
 
 
 OPS = {"decode": DecodeConfig, "zipgemm": ZipGemmConfig}

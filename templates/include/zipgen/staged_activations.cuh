@@ -111,6 +111,26 @@ struct StagedActivations {
     }
   }
 
+  // The B fragments of every tensor-core tile t and token tile nt of the strip in buffer b,
+  // read as multiply() reads them, for a warp that multiplies several strips with them.
+  __device__ __forceinline__ void fragments(unsigned (&bf)[kTokenTiles][4][2], int b) const {
+#pragma unroll
+    for (int t = 0; t < 4; ++t) {
+      const unsigned at = read_at + b * kBufferBytes + 32 * t;
+#pragma unroll
+      for (int nt = 0; nt + 1 < kTokenTiles; nt += 2) {
+        unsigned r[4];
+        ldmatrix_x4_shared(r, at + nt * kXTileBytes);
+        bf[nt][t][0] = r[0], bf[nt][t][1] = r[1], bf[nt + 1][t][0] = r[2], bf[nt + 1][t][1] = r[3];
+      }
+      if constexpr (kTokenTiles % 2 == 1) {
+        unsigned r[2];
+        ldmatrix_x2_shared(r, at + (kTokenTiles - 1) * kXTileBytes);
+        bf[kTokenTiles - 1][t][0] = r[0], bf[kTokenTiles - 1][t][1] = r[1];
+      }
+    }
+  }
+
   // acc[nt] += A (4 registers, tensor-core tile t of the strip) x B of token tile nt, for
   // every token tile, from buffer b. ldmatrix.x4 gives b0, b1 of token tiles nt and nt + 1:
   // lane l addresses row l & 7 of token tile nt + (l >> 4), chunk 2t + ((l >> 3) & 1); .x2

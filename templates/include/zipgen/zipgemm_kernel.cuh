@@ -138,23 +138,20 @@ struct NoCopy {
   __device__ void operator()() const {}
 };
 
-// Decode one strip into this lane's shared-memory slice, patch its fallbacks, and multiply.
-// Direct: x says where the activations are. Staged (kStageX): they were copied into buffer
-// `buffer` of `staged` before; once the group has synchronised, copy_next() issues the next
-// strip's copies.
-template <int kTokenTiles, bool kStageX, bool kRagged, typename Staged, typename CopyNext>
+// Decode one strip into this lane's shared-memory slice, patch its fallbacks, and multiply
+// with the B fragments bf, which the caller loaded (direct) or which come from the staged
+// buffer `buffer`. Staged: at the first strip of a unit (first_of_unit: the warp's kRowStrips
+// strips of one K strip share their activations), once the group has synchronised, copy_next()
+// issues the next unit's copies; with kHoldB the fragments are then read into bf for the whole
+// unit, without it each tile reads its fragments just before its multiply.
+template <int kTokenTiles, bool kStageX, bool kHoldB, typename Staged, typename CopyNext>
 __device__ __forceinline__ void multiply_strip(float (&acc)[kTokenTiles][4], const StripInput& in,
-                                               const StripActivations<kTokenTiles>& x,
-                                               const Staged& staged, int buffer,
-                                               const CopyNext& copy_next, unsigned base_pair,
-                                               unsigned lane_tile,
+                                               unsigned (&bf)[kTokenTiles][4][2],
+                                               bool first_of_unit, const Staged& staged,
+                                               int buffer, const CopyNext& copy_next,
+                                               unsigned base_pair, unsigned lane_tile,
                                                unsigned stash, unsigned stash_lane,
-                                               const GemmArgs& a, int offset_if_overflow,
-                                               int lane) {
-  // 0. direct: the B fragments, in flight while the strip decodes
-  unsigned bf[kTokenTiles][4][2];
-  if constexpr (!kStageX) direct_fragments<kTokenTiles, kRagged>(bf, x.rows, x.cols_left, lane);
-
+                                               const GemmArgs& a, int offset_if_overflow) {
   // 1. decode: registers 4t .. 4t + 3 are the A fragment of tile t
   const CodeWords codes = code_words(in.data);
   unsigned regs[16];
@@ -170,12 +167,16 @@ __device__ __forceinline__ void multiply_strip(float (&acc)[kTokenTiles][4], con
   const int below = lanes_below(own);
   const int total = __shfl_sync(0xFFFFFFFFu, below + own, 31);
   st_shared_u32(stash_lane, in.stash);  // stash + 4 lane
+  bool synced = false;
   if constexpr (kStageX) {
-    staged.wait_and_sync();  // the stash words and the strip's activations are visible
-    copy_next();             // nobody reads the other buffer any more
-  } else {
-    __syncwarp();  // everybody's stash words are visible
+    if (first_of_unit) {
+      staged.wait_and_sync();  // the stash words and the unit's activations are visible
+      copy_next();             // nobody reads the other buffer any more
+      if constexpr (kHoldB) staged.fragments(bf, buffer);
+      synced = true;
+    }
   }
+  if (!synced) __syncwarp();  // everybody's stash words are visible
   // plane bit b = r + 16e is half e of register r: byte 4r + 2e of the lane's slice
   const auto slot_of = [lane_tile](unsigned b) {  // 4 (b & 15) + 2 (b >> 4), in fewer steps
     return SharedHalf{lane_tile + 4 * b - 62 * (b >> 4)};
@@ -198,7 +199,7 @@ __device__ __forceinline__ void multiply_strip(float (&acc)[kTokenTiles][4], con
 
   // 3. tensor cores: the strip's 4 tiles of 16x16 (A fragments back from the lane's own
   // slice, each read once) against every token tile
-  if constexpr (kStageX) {
+  if constexpr (kStageX && !kHoldB) {
 #pragma unroll
     for (int t = 0; t < 4; ++t) {
       const uint4 v = ld_shared_v4(lane_tile + 16 * t);
@@ -230,20 +231,30 @@ struct StagingOf<true, kRowGroups, kTokenTiles, kSlices> {
   using type = StagedActivations<kRowGroups, kTokenTiles, kSlices>;
 };
 
-template <int kWarps, int kRowGroups, int kTokenTiles, int kDepth, bool kStageX>
+template <int kWarps, int kRowGroups, int kRowStrips, int kTokenTiles, int kDepth,
+          bool kStageX>
 __device__ __forceinline__ void zipgemm_rows(const GemmArgs& a, unsigned char* smem) {
+  static_assert(kRowStrips == 1 || kRowStrips == 2, "a warp multiplies 1 or 2 strip rows");
   constexpr int kTokens = kTokenTiles * 8;
   constexpr int kWarpsK = kWarps / kRowGroups;  // warps sharing one row group split its K
   constexpr int kBuffers = kDepth + 1;          // strips loaded ahead + the one being used
+  // strips per unrolled loop body: a multiple of both, so that ring slot and strip row are
+  // constants in it
+  constexpr int kUnroll = kBuffers * kRowStrips;
+  // the B fragments stay in registers for a unit's strips (direct: always; staged: when the
+  // unit has several strips), or each tile reads them from the staged buffer (staged, one)
+  constexpr bool kHoldB = !kStageX || kRowStrips > 1;
   const int lane = threadIdx.x & 31;
   const int warp = threadIdx.x >> 5;
   const int g = lane >> 2, q = lane & 3;
-  // Warp w works on row group w % kRowGroups of the CTA and on its K slice w / kRowGroups.
-  // A row group past N (in the last CTA) redoes the last one, so that every warp of a K slice
-  // takes part in the slice's barriers (staged); its sums are never stored.
-  const int row_group = min(static_cast<int>(blockIdx.x) * kRowGroups + warp % kRowGroups,
-                            (a.n - 1) / kStripRows);
+  // Warp w works on row group w % kRowGroups of the CTA, i.e. on its kRowStrips strip rows,
+  // and on K slice w / kRowGroups. A strip row past N (in the last CTA) redoes the last one,
+  // so that every warp of a K slice takes part in the slice's barriers (staged); its sums are
+  // never stored.
+  const int member = warp % kRowGroups;
   const int slice = warp / kRowGroups;
+  const int first_strip_row = (static_cast<int>(blockIdx.x) * kRowGroups + member) * kRowStrips;
+  const int last_strip_row = (a.n - 1) / kStripRows;
   const int tok0 = blockIdx.y * kTokens;
   unsigned char* warp_smem = smem + warp * warp_smem_bytes<kDepth>();
   unsigned lane_tile = shared_address(warp_smem + lane * kLaneStageBytes);
@@ -255,20 +266,22 @@ __device__ __forceinline__ void zipgemm_rows(const GemmArgs& a, unsigned char* s
   // multiply it after the main loop, so that the loop's activation loads need no bounds.
   const bool owns_ragged = (a.k & 63) != 0 && count > 0 &&
                            slice + (count - 1) * kWarpsK == a.strips_per_row_group - 1;
-  const int full = count - owns_ragged;
+  const int full = count - owns_ragged;  // K strips (units) of the main loop
   unsigned base_pair = base_pair_of(a.base);
   const auto cols_left_of = [&](int j) { return a.k - (slice + j * kWarpsK) * kStripCols; };
   const auto columns_of = [](int j) { return static_cast<unsigned>(j * kWarpsK * kStripCols); };
 
-  float acc[kTokenTiles][4];
+  float acc[kRowStrips][kTokenTiles][4];
 #pragma unroll
-  for (int t = 0; t < kTokenTiles; ++t) acc[t][0] = acc[t][1] = acc[t][2] = acc[t][3] = 0.f;
+  for (int s = 0; s < kRowStrips; ++s)
+#pragma unroll
+    for (int t = 0; t < kTokenTiles; ++t) acc[s][t][0] = acc[s][t][1] = acc[s][t][2] = acc[s][t][3] = 0.f;
 
   // Token row r of the CTA (rows past M read row M - 1) at the slice's first column.
   const auto x_row = [&](int r) {
     return a.x + static_cast<long long>(min(tok0 + r, a.m - 1)) * a.k + slice * kStripCols;
   };
-  // Direct: this lane's token rows (l >> 2 of each token tile); strip j's activations.
+  // Direct: this lane's token rows (l >> 2 of each token tile); unit j's activations.
   const unsigned short* x_rows[kTokenTiles];
 #pragma unroll
   for (int nt = 0; nt < kTokenTiles; ++nt) x_rows[nt] = x_row(nt * 8 + g);
@@ -279,14 +292,14 @@ __device__ __forceinline__ void zipgemm_rows(const GemmArgs& a, unsigned char* s
     x.cols_left = cols_left_of(j);
     return x;
   };
-  // Staged: the slice's double buffer, after every warp's decode tiles and stashes; strip j
-  // sits in buffer j & 1, copied during strip j - 1.
+  // Staged: the slice's double buffer, after every warp's decode tiles and stashes; unit j
+  // sits in buffer j & 1, copied during unit j - 1.
   using Staging = typename StagingOf<kStageX, kRowGroups, kTokenTiles, kWarpsK>::type;
   Staging staged = [&] {
     if constexpr (kStageX) {
       const unsigned base = shared_address(smem + kWarps * warp_smem_bytes<kDepth>()) +
                             slice * 2 * staged_buffer_bytes<kTokenTiles>();
-      return Staging(base, warp % kRowGroups, slice, lane, x_row);
+      return Staging(base, member, slice, lane, x_row);
     } else {
       return Staging{};
     }
@@ -295,19 +308,30 @@ __device__ __forceinline__ void zipgemm_rows(const GemmArgs& a, unsigned char* s
     if (full > 0) staged.template copy<false>(0, 0, 0);
   }
 
-  // Strip j of this warp (strip number strip0 + j * kWarpsK of the matrix): its data sits in
-  // ring[j % kBuffers], loaded at iteration j - kDepth; its fallback offset in
-  // offsets[j % kBuffers], loaded at iteration j - kBuffers, so that the stash load of strip j,
-  // issued at iteration j - 1, never waits for it. Loads past the warp's last strip re-read that
-  // strip (a cache hit) instead of branching: addresses come from a clamped strip index.
+  // Strip i of this warp: K strip (unit) j = i / kRowStrips of its slice, strip row
+  // s = i % kRowStrips; its data sits in ring[i % kBuffers], loaded at iteration i - kDepth;
+  // its fallback offset in offsets[i % kBuffers], loaded at iteration i - kBuffers, so that
+  // the stash load of strip i, issued at iteration i - 1, never waits for it. Loads past the
+  // warp's last strip re-read that strip (a cache hit) instead of branching: addresses come
+  // from a clamped strip index.
   LaneStreams streams(a, lane);
-  const unsigned strip0 = static_cast<unsigned>(row_group) * a.strips_per_row_group + slice;
-  const int last = full - 1;
-  const auto strip_at = [&](int j) { return strip0 + static_cast<unsigned>(min(j, last)) * kWarpsK; };
+  unsigned row_start[kRowStrips];  // matrix strip number of each strip row's slice start
+#pragma unroll
+  for (int s = 0; s < kRowStrips; ++s)
+    row_start[s] = static_cast<unsigned>(min(first_strip_row + s, last_strip_row)) *
+                       a.strips_per_row_group + slice;
+  const int strips = full * kRowStrips;
+  const auto strip_at = [&](int i) {
+    const unsigned at = static_cast<unsigned>(min(i, strips - 1));
+    const unsigned row = kRowStrips == 1 ? row_start[0] : (at & 1) ? row_start[kRowStrips - 1]
+                                                                   : row_start[0];
+    return row + at / kRowStrips * kWarpsK;
+  };
   StripInput ring[kBuffers];
   int offsets[kBuffers];
+  unsigned bf[kTokenTiles][4][2];  // the current unit's B fragments (kHoldB)
   StashSource stash_source(a, lane);
-  if (full > 0) {
+  if (strips > 0) {
 #pragma unroll
     for (int d = 0; d < kBuffers; ++d) {
       if (d < kDepth) ring[d].data = streams.load(strip_at(d));
@@ -316,7 +340,7 @@ __device__ __forceinline__ void zipgemm_rows(const GemmArgs& a, unsigned char* s
     ring[0].stash = stash_source.load(offsets[0]);
     ring[0].skip = offsets[0] & 3;
   }
-  for (int j0 = 0; j0 < full; j0 += kBuffers) {
+  for (int i0 = 0; i0 < strips; i0 += kUnroll) {
     pin(lane_tile);
     pin(stash_slots);
     pin(stash_lane);
@@ -326,67 +350,91 @@ __device__ __forceinline__ void zipgemm_rows(const GemmArgs& a, unsigned char* s
     pin(base_pair);
     pin(stash_source.lane_bytes);
     pin(stash_source.last);
+#pragma unroll
+    for (int s = 0; s < kRowStrips; ++s) pin(row_start[s]);
     staged.pin_registers();
 #pragma unroll
-    for (int u = 0; u < kBuffers; ++u) {
-      const int j = j0 + u;
-      if (j >= full) break;  // warp-uniform
-      ring[(u + kDepth) % kBuffers].data = streams.load(strip_at(j + kDepth));  // slot of j - 1
-      StripInput& next = ring[(u + 1) % kBuffers];  // its offset arrived kDepth strips ago
-      next.stash = stash_source.load(offsets[(u + 1) % kBuffers]);
-      next.skip = offsets[(u + 1) % kBuffers] & 3;
-      const int offset = offsets[u];
-      offsets[u] = streams.offset(strip_at(j + kBuffers));  // offsets[u] is free again
-      const auto copy_next = [&] {  // the group's next full strip
+    for (int u = 0; u < kUnroll; ++u) {
+      const int i = i0 + u;
+      if (i >= strips) break;  // warp-uniform
+      const int b = u % kBuffers, s = u % kRowStrips;
+      const int j = i0 / kRowStrips + u / kRowStrips;
+      ring[(b + kDepth) % kBuffers].data = streams.load(strip_at(i + kDepth));  // slot of i - 1
+      StripInput& next = ring[(b + 1) % kBuffers];  // its offset arrived kDepth strips ago
+      next.stash = stash_source.load(offsets[(b + 1) % kBuffers]);
+      next.skip = offsets[(b + 1) % kBuffers] & 3;
+      const int offset = offsets[b];
+      offsets[b] = streams.offset(strip_at(i + kBuffers));  // offsets[b] is free again
+      if constexpr (!kStageX) {  // in flight while the strip decodes
+        if (s == 0) {
+          const StripActivations<kTokenTiles> x = activations_of(j);
+          direct_fragments<kTokenTiles, false>(bf, x.rows, x.cols_left, lane);
+        }
+      }
+      const auto copy_next = [&] {  // the group's next full unit
         if constexpr (kStageX) {
           if (j + 1 < full) staged.template copy<false>(columns_of(j + 1), (j + 1) & 1, 0);
         }
       };
-      multiply_strip<kTokenTiles, kStageX, false>(
-          acc, ring[u], activations_of(j), staged, j & 1, copy_next, base_pair, lane_tile,
-          stash_slots + u * kStashBytes, stash_lane + u * kStashBytes, a, offset, lane);
+      multiply_strip<kTokenTiles, kStageX, kHoldB>(
+          acc[s], ring[b], bf, s == 0, staged, j & 1, copy_next, base_pair, lane_tile,
+          stash_slots + b * kStashBytes, stash_lane + b * kStashBytes, a, offset);
     }
   }
   if (owns_ragged) {  // once per row: load it directly
-    // Its activations go to buffer full & 1, which nobody has read since the last strip's
-    // barrier (staged), and stash slot 0 may still be read by the last iteration's lanes.
+    // Its activations go to buffer full & 1, which nobody has read since the last unit's
+    // barrier (staged); strip row s uses stash slot s, after the __syncwarp (the last
+    // iteration's lanes may still read any slot before it).
     if constexpr (kStageX) {
       staged.template copy<true>(columns_of(full), full & 1, cols_left_of(full));
+    } else {
+      const StripActivations<kTokenTiles> x = activations_of(full);
+      direct_fragments<kTokenTiles, true>(bf, x.rows, x.cols_left, lane);
     }
     __syncwarp();
-    const unsigned s = strip0 + static_cast<unsigned>(full) * kWarpsK;
-    StripInput ragged;
-    ragged.data = streams.load(s);
-    const int offset = streams.offset(s);
-    ragged.stash = stash_source.load(offset);
-    ragged.skip = offset & 3;
-    multiply_strip<kTokenTiles, kStageX, true>(acc, ragged, activations_of(full), staged, full & 1,
-                                               NoCopy{}, base_pair, lane_tile, stash_slots,
-                                               stash_lane, a, offset, lane);
+#pragma unroll
+    for (int s = 0; s < kRowStrips; ++s) {
+      const unsigned strip = row_start[s] + static_cast<unsigned>(full) * kWarpsK;
+      StripInput ragged;
+      ragged.data = streams.load(strip);
+      const int offset = streams.offset(strip);
+      ragged.stash = stash_source.load(offset);
+      ragged.skip = offset & 3;
+      multiply_strip<kTokenTiles, kStageX, kHoldB>(
+          acc[s], ragged, bf, s == 0, staged, full & 1, NoCopy{}, base_pair, lane_tile,
+          stash_slots + s * kStashBytes, stash_lane + s * kStashBytes, a, offset);
+    }
   }
 
-  // Sum each row group's K-slice partials in slice order and write BF16 rows of y.
+  // Sum each strip row's K-slice partials in slice order and write BF16 rows of y.
   __syncthreads();
-  float* partial = reinterpret_cast<float*>(smem);  // [kWarps][16 rows][kTokens]
+  float* partial = reinterpret_cast<float*>(smem);  // [kWarps][kRowStrips][16 rows][kTokens]
 #pragma unroll
-  for (int nt = 0; nt < kTokenTiles; ++nt) {
-    float* p = partial + (warp * kStripRows + g) * kTokens + nt * 8 + 2 * q;
-    p[0] = acc[nt][0];
-    p[1] = acc[nt][1];
-    p[8 * kTokens] = acc[nt][2];
-    p[8 * kTokens + 1] = acc[nt][3];
+  for (int s = 0; s < kRowStrips; ++s) {
+#pragma unroll
+    for (int nt = 0; nt < kTokenTiles; ++nt) {
+      float* p = partial + ((warp * kRowStrips + s) * kStripRows + g) * kTokens + nt * 8 + 2 * q;
+      p[0] = acc[s][nt][0];
+      p[1] = acc[s][nt][1];
+      p[8 * kTokens] = acc[s][nt][2];
+      p[8 * kTokens + 1] = acc[s][nt][3];
+    }
   }
   __syncthreads();
-  constexpr int kRows = kRowGroups * kStripRows;
+  constexpr int kRows = kRowGroups * kRowStrips * kStripRows;
   for (int i = threadIdx.x; i < kRows * kTokens; i += kWarps * 32) {
     const int r = i % kRows, t = i / kRows;  // consecutive threads: consecutive rows
     const int row = blockIdx.x * kRows + r, tok = tok0 + t;
     if (row >= a.n || tok >= a.m) continue;
-    const int first_warp = r / kStripRows;  // warps first_warp + s * kRowGroups hold this row
+    // CTA strip row r / 16 is strip row s of member (r / 16) / kRowStrips, whose warps are
+    // member + slice * kRowGroups
+    const int strip_row = r / kStripRows;
+    const int first_warp = strip_row / kRowStrips, s = strip_row % kRowStrips;
     float sum = 0.f;
 #pragma unroll
-    for (int s = 0; s < kWarpsK; ++s)
-      sum += partial[((first_warp + s * kRowGroups) * kStripRows + r % kStripRows) * kTokens + t];
+    for (int k = 0; k < kWarpsK; ++k)
+      sum += partial[(((first_warp + k * kRowGroups) * kRowStrips + s) * kStripRows +
+                      r % kStripRows) * kTokens + t];
     if (a.bias) sum += bf16_bits_to_float(a.bias[row]);
     a.y[static_cast<long long>(tok) * a.n + row] = float_to_bf16_bits(sum);
   }
