@@ -176,8 +176,10 @@ def test_default_kernel_sass_has_every_stage(built, op, tmp_path):
 # (staged, 1 / 2 / 4 token tiles) when written (docs/ZIPGEMM.md; version 1 of the loop had 397).
 # The kernel is latency- and issue-sensitive, so a template edit that adds work to the loop
 # should show up here first.
-LOOP_CEILINGS = {(4, 1, 1, 1, False): 240, (8, 1, 1, 2, True): 245, (8, 2, 1, 4, True): 250,
-                 (8, 4, 1, 4, True): 245, (8, 2, 1, 4, True, 2): 230, (8, 4, 1, 4, True, 2): 235}
+# (With the ballot fallback scan and XOR patch, the static count includes the ballot path and
+# the rarely taken shuffle-scan path, and the patch loop's two copies.)
+LOOP_CEILINGS = {(4, 1, 1, 1, False): 275, (8, 1, 1, 2, True): 290, (8, 2, 1, 4, True): 290,
+                 (8, 4, 1, 4, True): 290, (8, 2, 1, 4, True, 2): 280, (8, 4, 1, 4, True, 2): 285}
 
 
 @pytest.mark.parametrize("fields", sorted(LOOP_CEILINGS))

@@ -79,6 +79,9 @@ __device__ __forceinline__ uint4 ld_shared_v4(unsigned addr) {
 __device__ __forceinline__ void st_shared_u32(unsigned addr, unsigned v) {
   asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(addr), "r"(v) : "memory");
 }
+__device__ __forceinline__ void red_shared_xor(unsigned addr, unsigned v) {
+  asm volatile("red.shared.xor.b32 [%0], %1;\n" ::"r"(addr), "r"(v) : "memory");
+}
 __device__ __forceinline__ unsigned ld_shared_u16(unsigned addr) {
   unsigned short v;
   asm volatile("ld.shared.u16 %0, [%1];\n" : "=h"(v) : "r"(addr) : "memory");

@@ -80,12 +80,7 @@ struct StashSource {
   }
 };
 
-// A 16-bit value and a stream of bytes in shared memory, for patch_fallbacks.
-struct SharedHalf {
-  unsigned addr;
-  __device__ __forceinline__ unsigned load() const { return ld_shared_u16(addr); }
-  __device__ __forceinline__ void store(unsigned v) const { st_shared_u16(addr, v); }
-};
+// A stream of bytes in shared memory (a lane's fallback exponents in the stash).
 struct SharedBytes {
   unsigned addr;
   __device__ __forceinline__ unsigned operator*() const { return ld_shared_u8(addr); }
@@ -138,6 +133,20 @@ struct NoCopy {
   __device__ void operator()() const {}
 };
 
+// Give a lane's fallback elements their exponents in its staged registers. The decoder left
+// exponent `base` in them, so one shared XOR with (base ^ e) << 7 in the element's half sets e:
+// no load-modify-store chain (a thread's own shared accesses to one address stay in order, so
+// the A-fragment loads that follow see the result). Plane bit b = r + 16e is half e of register
+// r, the 32-bit word at byte 4r of the lane's slice; exponents follow in plane-bit order.
+template <typename Exponents>
+__device__ __forceinline__ void xor_fallbacks(unsigned fallbacks, Exponents exponents,
+                                              unsigned lane_tile, unsigned base_field) {
+  for (unsigned m = fallbacks; m; m &= m - 1, ++exponents) {
+    const unsigned b = static_cast<unsigned>(__ffs(m) - 1);
+    red_shared_xor(lane_tile + 4 * (b & 15), (((*exponents) << 7) ^ base_field) << (b & 16));
+  }
+}
+
 // Decode one strip into this lane's shared-memory slice, patch its fallbacks, and multiply
 // with the B fragments bf, which the caller loaded (direct) or which come from the staged
 // buffer `buffer`. Staged: at the first strip of a unit (first_of_unit: the warp's kRowStrips
@@ -164,8 +173,9 @@ __device__ __forceinline__ void multiply_strip(float (&acc)[kTokenTiles][4], con
   // 2. fallbacks: the strip's exponents follow lane by lane, each lane's in plane-bit order
   const unsigned fallbacks = fallback_mask(in.data);
   const int own = __popc(fallbacks);
-  const int below = lanes_below(own);
-  const int total = __shfl_sync(0xFFFFFFFFu, below + own, 31);
+  const int below = fallbacks_below(own);
+  // the strip's exponents fit the stash unless the last lane's end passes it (warp-uniform)
+  const bool in_stash = !__any_sync(0xFFFFFFFFu, in.skip + below + own > kStashBytes);
   st_shared_u32(stash_lane, in.stash);  // stash + 4 lane
   bool synced = false;
   if constexpr (kStageX) {
@@ -177,12 +187,9 @@ __device__ __forceinline__ void multiply_strip(float (&acc)[kTokenTiles][4], con
     }
   }
   if (!synced) __syncwarp();  // everybody's stash words are visible
-  // plane bit b = r + 16e is half e of register r: byte 4r + 2e of the lane's slice
-  const auto slot_of = [lane_tile](unsigned b) {  // 4 (b & 15) + 2 (b >> 4), in fewer steps
-    return SharedHalf{lane_tile + 4 * b - 62 * (b >> 4)};
-  };
-  if (in.skip + total <= kStashBytes) {  // warp-uniform; always for trained weights (~35)
-    patch_fallbacks(fallbacks, SharedBytes{stash + in.skip + below}, slot_of);
+  const unsigned base_field = base_pair & 0x7F80u;  // base << 7
+  if (in_stash) {  // always for trained weights (~35 exponents per strip)
+    xor_fallbacks(fallbacks, SharedBytes{stash + in.skip + below}, lane_tile, base_field);
   } else {  // the rest of a fallback-heavy strip's exponents come from global memory
     const unsigned char* stream = a.fallback_exponents + (offset_if_overflow & ~3);
     struct Overflow {
@@ -194,7 +201,7 @@ __device__ __forceinline__ void multiply_strip(float (&acc)[kTokenTiles][4], con
       }
       __device__ Overflow& operator++() { ++i; return *this; }
     };
-    patch_fallbacks(fallbacks, Overflow{stash, stream, in.skip + below}, slot_of);
+    xor_fallbacks(fallbacks, Overflow{stash, stream, in.skip + below}, lane_tile, base_field);
   }
 
   // 3. tensor cores: the strip's 4 tiles of 16x16 (A fragments back from the lane's own
