@@ -1,7 +1,7 @@
 """One fused ZipGEMM launch per configuration, for Nsight Compute:
     ncu --clock-control none -k regex:zipgemm --section ... \
-        python benchmarks/profile_gemm.py N K M W T D RG SX [W T D RG SX ...]
-(W T D RG SX: warps_per_cta token_tiles depth row_groups stage_x, stage_x as 0/1)"""
+        python benchmarks/profile_gemm.py N K M W T D RG SX RS [W T D RG SX RS ...]
+(W T D RG SX RS: warps_per_cta token_tiles depth row_groups stage_x row_strips, stage_x as 0/1)"""
 import sys
 
 import torch
@@ -11,8 +11,8 @@ from zipgen.codegen import ZipGemmConfig
 from zipgen.runtime import gemm
 
 n, k, m = map(int, sys.argv[1:4])
-cfgs = [ZipGemmConfig(*map(int, sys.argv[i:i + 4]), bool(int(sys.argv[i + 4])))
-        for i in range(4, len(sys.argv), 5)]
+cfgs = [ZipGemmConfig(*map(int, sys.argv[i:i + 4]), bool(int(sys.argv[i + 4])), int(sys.argv[i + 5]))
+        for i in range(4, len(sys.argv), 6)]
 w = (torch.randn(n, k, device="cuda") * 0.015).to(torch.bfloat16)
 ct = zipgen.compress(w)
 x = torch.randn(m, k, device="cuda").to(torch.bfloat16)

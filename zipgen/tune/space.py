@@ -11,7 +11,8 @@ from ..codegen import OPS, arch_traits
 # fused CTAs never won a sweep, BENCHMARKS.md).
 VALUES: dict[str, dict[str, tuple]] = {
     "zipgemm": {"warps_per_cta": (2, 4, 8, 16), "token_tiles": (1, 2, 4, 8),
-                "depth": (1, 2, 3, 4), "row_groups": (1, 2, 4), "stage_x": (False, True)},
+                "depth": (1, 2, 3, 4), "row_groups": (1, 2, 4), "stage_x": (False, True),
+                "row_strips": (1, 2)},
     "decode": {"warps_per_cta": (1, 2, 4, 8, 16), "strips_per_warp": (1, 2, 4, 8)},
 }
 
