@@ -48,6 +48,14 @@ class CompressedTensorV2:
     def num_fallbacks(self) -> int:
         return int(self.offsets[-1])
 
+    @property
+    def device(self) -> torch.device:
+        return self.sign_mantissa.device
+
+    def to(self, device) -> "CompressedTensorV2":
+        return CompressedTensorV2(self.shape, self.base, *(t.to(device) for t in (
+            self.sign_mantissa, self.planes, self.entries, self.offsets)))
+
 
 def best_window_v2(hist: torch.Tensor) -> int:
     """lo of the 8 consecutive exponents holding the most elements (ties: the lowest)."""

@@ -92,7 +92,55 @@ struct StripInput {
   LaneStrip data;
   unsigned stash;  // this lane's 4 bytes of the strip's fallback exponents (load_stash_word)
   int skip;        // offset & 3: where the strip's exponents start in the stash
+  int count;       // format v2: the strip's fallback entries (offset of the next strip - offset)
 };
+
+// Format version 2 (zipgen/format/codec_v2.py): the strip's fallback entries are 18-bit
+// records from bit 18 offset of the entry stream. Lane l holds word l of the stream from the
+// word holding that bit (stash), skip = 18 offset & 31.
+struct EntrySource {
+  const unsigned char* lane_bytes;  // entry stream + 4 lane
+  int last;                         // largest word byte offset inside the stream for this lane
+
+  __device__ EntrySource(const GemmArgs& a, int lane)
+      : lane_bytes(a.fallback_exponents + 4 * lane), last(a.fallback_bytes - 4 - 4 * lane) {}
+
+  __device__ __forceinline__ unsigned load(int offset) const {
+    const int at = static_cast<int>((18ll * offset) >> 5) * 4;
+    return at <= last ? __ldg(reinterpret_cast<const unsigned*>(lane_bytes + at)) : 0u;
+  }
+  __device__ __forceinline__ static int skip(int offset) {  // only the low bits matter
+    return static_cast<int>((18u * static_cast<unsigned>(offset)) & 31u);
+  }
+};
+
+// Format v2's patch step: the warp's lanes take the strip's entries one each (a strip has
+// ~17; more than 32 take further rounds, read from global memory) and XOR the exponent into
+// the owner lane's staged register: no scan over the lanes, no per-lane loop. The decoder
+// left exponent base (code 0) in every fallback. warp_tile: lane 0's slice.
+__device__ __forceinline__ void patch_entries(const StripInput& in, int offset, unsigned warp_tile,
+                                              unsigned base_field, const GemmArgs& a, int lane) {
+  for (int first = 0; first < in.count; first += 32) {  // warp-uniform
+    unsigned e;
+    if (first == 0) {  // from the prefetched words: two shuffles
+      const int bit = in.skip + 18 * lane;
+      const unsigned lo = __shfl_sync(0xFFFFFFFFu, in.stash, bit >> 5);
+      const unsigned hi = __shfl_sync(0xFFFFFFFFu, in.stash, (bit >> 5) + 1);
+      e = __funnelshift_r(lo, hi, bit & 31);
+    } else {  // rounds past the first: this lane's record straight from the stream
+      const long long bit = 18ll * (offset + first + lane);
+      const unsigned* words = reinterpret_cast<const unsigned*>(a.fallback_exponents);
+      const int w = static_cast<int>(bit >> 5);
+      e = first + lane < in.count ? __funnelshift_r(__ldg(words + w), __ldg(words + w + 1),
+                                                    static_cast<int>(bit & 31)) : 0u;
+    }
+    if (first + lane < in.count) {
+      const unsigned pos = e & 1023u, b = pos & 31u;
+      red_shared_xor(warp_tile + (pos >> 5) * kLaneStageBytes + 4 * (b & 15u),
+                     ((((e >> 10) & 0xFFu) << 7) ^ base_field) << (b & 16u));
+    }
+  }
+}
 
 // Where a strip's activations come from, on the direct path: this lane's token rows at the
 // strip's first column, and K minus that column.
@@ -153,7 +201,8 @@ __device__ __forceinline__ void xor_fallbacks(unsigned fallbacks, Exponents expo
 // strips of one K strip share their activations), once the group has synchronised, copy_next()
 // issues the next unit's copies; with kHoldB the fragments are then read into bf for the whole
 // unit, without it each tile reads its fragments just before its multiply.
-template <int kTokenTiles, bool kStageX, bool kHoldB, typename Staged, typename CopyNext>
+template <int kTokenTiles, bool kStageX, bool kHoldB, bool kV2, typename Staged,
+          typename CopyNext>
 __device__ __forceinline__ void multiply_strip(float (&acc)[kTokenTiles][4], const StripInput& in,
                                                unsigned (&bf)[kTokenTiles][4][2],
                                                bool first_of_unit, const Staged& staged,
@@ -170,6 +219,21 @@ __device__ __forceinline__ void multiply_strip(float (&acc)[kTokenTiles][4], con
   for (int t = 0; t < 4; ++t)
     st_shared_v4(lane_tile + 16 * t, regs[4 * t], regs[4 * t + 1], regs[4 * t + 2], regs[4 * t + 3]);
 
+  if constexpr (kV2) {  // 2. fallbacks: the strip's entries, patched by the whole warp
+    bool synced = false;
+    if constexpr (kStageX) {
+      if (first_of_unit) {
+        staged.wait_and_sync();  // the staged registers and the unit's activations are visible
+        copy_next();
+        if constexpr (kHoldB) staged.fragments(bf, buffer);
+        synced = true;
+      }
+    }
+    if (!synced) __syncwarp();  // every lane's staged registers are written
+    patch_entries(in, offset_if_overflow, lane_tile - (threadIdx.x & 31) * kLaneStageBytes,
+                  base_pair & 0x7F80u, a, threadIdx.x & 31);
+    __syncwarp();  // the patches are visible to their owners
+  } else {
   // 2. fallbacks: the strip's exponents follow lane by lane, each lane's in plane-bit order
   const unsigned fallbacks = fallback_mask(in.data);
   const int own = __popc(fallbacks);
@@ -202,6 +266,7 @@ __device__ __forceinline__ void multiply_strip(float (&acc)[kTokenTiles][4], con
       __device__ Overflow& operator++() { ++i; return *this; }
     };
     xor_fallbacks(fallbacks, Overflow{stash, stream, in.skip + below}, lane_tile, base_field);
+  }
   }
 
   // 3. tensor cores: the strip's 4 tiles of 16x16 (A fragments back from the lane's own
@@ -238,8 +303,20 @@ struct StagingOf<true, kRowGroups, kTokenTiles, kSlices> {
   using type = StagedActivations<kRowGroups, kTokenTiles, kSlices>;
 };
 
+// Where a strip's fallback exponents come from: version 1's stash words or version 2's entries.
+template <bool kV2>
+struct FallbackSourceOf {
+  using type = StashSource;
+  __device__ static int skip(int offset) { return offset & 3; }
+};
+template <>
+struct FallbackSourceOf<true> {
+  using type = EntrySource;
+  __device__ static int skip(int offset) { return EntrySource::skip(offset); }
+};
+
 template <int kWarps, int kRowGroups, int kRowStrips, int kTokenTiles, int kDepth,
-          bool kStageX>
+          bool kStageX, bool kV2>
 __device__ __forceinline__ void zipgemm_rows(const GemmArgs& a, unsigned char* smem) {
   static_assert(kRowStrips == 1 || kRowStrips == 2, "a warp multiplies 1 or 2 strip rows");
   constexpr int kTokens = kTokenTiles * 8;
@@ -336,16 +413,20 @@ __device__ __forceinline__ void zipgemm_rows(const GemmArgs& a, unsigned char* s
   };
   StripInput ring[kBuffers];
   int offsets[kBuffers];
+  int ends[kBuffers];  // version 2: the next strip's offset, so that count = end - offset
   unsigned bf[kTokenTiles][4][2];  // the current unit's B fragments (kHoldB)
-  StashSource stash_source(a, lane);
+  using Fallbacks = FallbackSourceOf<kV2>;
+  typename Fallbacks::type stash_source(a, lane);
   if (strips > 0) {
 #pragma unroll
     for (int d = 0; d < kBuffers; ++d) {
       if (d < kDepth) ring[d].data = streams.load(strip_at(d));
       offsets[d] = streams.offset(strip_at(d));
+      if constexpr (kV2) ends[d] = streams.offset(strip_at(d) + 1);
     }
     ring[0].stash = stash_source.load(offsets[0]);
-    ring[0].skip = offsets[0] & 3;
+    ring[0].skip = Fallbacks::skip(offsets[0]);
+    if constexpr (kV2) ring[0].count = ends[0] - offsets[0];
   }
   for (int i0 = 0; i0 < strips; i0 += kUnroll) {
     pin(lane_tile);
@@ -369,9 +450,11 @@ __device__ __forceinline__ void zipgemm_rows(const GemmArgs& a, unsigned char* s
       ring[(b + kDepth) % kBuffers].data = streams.load(strip_at(i + kDepth));  // slot of i - 1
       StripInput& next = ring[(b + 1) % kBuffers];  // its offset arrived kDepth strips ago
       next.stash = stash_source.load(offsets[(b + 1) % kBuffers]);
-      next.skip = offsets[(b + 1) % kBuffers] & 3;
+      next.skip = Fallbacks::skip(offsets[(b + 1) % kBuffers]);
+      if constexpr (kV2) next.count = ends[(b + 1) % kBuffers] - offsets[(b + 1) % kBuffers];
       const int offset = offsets[b];
       offsets[b] = streams.offset(strip_at(i + kBuffers));  // offsets[b] is free again
+      if constexpr (kV2) ends[b] = streams.offset(strip_at(i + kBuffers) + 1);
       if constexpr (!kStageX) {  // in flight while the strip decodes
         if (s == 0) {
           const StripActivations<kTokenTiles> x = activations_of(j);
@@ -383,7 +466,7 @@ __device__ __forceinline__ void zipgemm_rows(const GemmArgs& a, unsigned char* s
           if (j + 1 < full) staged.template copy<false>(columns_of(j + 1), (j + 1) & 1, 0);
         }
       };
-      multiply_strip<kTokenTiles, kStageX, kHoldB>(
+      multiply_strip<kTokenTiles, kStageX, kHoldB, kV2>(
           acc[s], ring[b], bf, s == 0, staged, j & 1, copy_next, base_pair, lane_tile,
           stash_slots + b * kStashBytes, stash_lane + b * kStashBytes, a, offset);
     }
@@ -406,8 +489,9 @@ __device__ __forceinline__ void zipgemm_rows(const GemmArgs& a, unsigned char* s
       ragged.data = streams.load(strip);
       const int offset = streams.offset(strip);
       ragged.stash = stash_source.load(offset);
-      ragged.skip = offset & 3;
-      multiply_strip<kTokenTiles, kStageX, kHoldB>(
+      ragged.skip = Fallbacks::skip(offset);
+      if constexpr (kV2) ragged.count = streams.offset(strip + 1) - offset;
+      multiply_strip<kTokenTiles, kStageX, kHoldB, kV2>(
           acc[s], ragged, bf, s == 0, staged, full & 1, NoCopy{}, base_pair, lane_tile,
           stash_slots + s * kStashBytes, stash_lane + s * kStashBytes, a, offset);
     }
