@@ -11,8 +11,7 @@ from zipgen.codegen import ZipGemmConfig
 from zipgen.runtime import gemm
 
 n, k, m = map(int, sys.argv[1:4])
-cfgs = [ZipGemmConfig(*map(int, sys.argv[i:i + 4]), bool(int(sys.argv[i + 4])), int(sys.argv[i + 5]))
-        for i in range(4, len(sys.argv), 6)]
+cfgs = [ZipGemmConfig.from_numbers(sys.argv[i:i + 6]) for i in range(4, len(sys.argv), 6)]
 w = (torch.randn(n, k, device="cuda") * 0.015).to(torch.bfloat16)
 ct = zipgen.compress(w)
 x = torch.randn(m, k, device="cuda").to(torch.bfloat16)

@@ -60,10 +60,7 @@ def source_lines(cubin: bytes, lo: int, hi: int) -> list[tuple[int, str, str]]:
 def main():
     show_lines = "--lines" in sys.argv
     op, arch, *numbers = [a for a in sys.argv[1:] if a != "--lines"]
-    from dataclasses import fields
-    types = [f.type for f in fields(OPS[op])]  # "int" / "bool": 0/1 for a bool field
-    config = OPS[op](*[bool(int(v)) if t in (bool, "bool") else int(v)
-                       for v, t in zip(numbers, types)])
+    config = OPS[op].from_numbers(numbers)
     kernel = build_kernel(op, arch, config)
     tool = find_nvidia_binary_utility("cuobjdump")
     if tool is None:

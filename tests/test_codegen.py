@@ -320,3 +320,11 @@ def test_default_gemm_configs_are_valid_everywhere():
             cfg = fused_config(m, n, k)
             for arch in ARCHES:
                 assert not cfg.problems(ARCHES[arch]), (m, n, k, cfg)
+
+
+def test_config_from_command_line_numbers():
+    from zipgen.codegen import ZipGemmConfig
+    assert ZipGemmConfig.from_numbers(["4", "4", "2", "4", "1", "2"]) == ZipGemmConfig(
+        4, 4, 2, 4, True, 2)
+    assert ZipGemmConfig.from_numbers(["8", "1"]) == ZipGemmConfig(8, 1)  # the rest: defaults
+    assert DecodeConfig.from_numbers(["2", "4"]) == DecodeConfig(2, 4)

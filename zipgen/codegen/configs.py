@@ -16,6 +16,13 @@ class _Config:
     def describe(self) -> str:
         return " ".join(f"{f.name}={getattr(self, f.name)}" for f in fields(self))
 
+    @classmethod
+    def from_numbers(cls, numbers):
+        """A config from its leading fields in declaration order, as command-line numbers
+        (0 / 1 for a bool field); the rest keep their defaults."""
+        return cls(*[bool(int(v)) if f.type in (bool, "bool") else int(v)
+                     for v, f in zip(numbers, fields(cls))])
+
 
 @dataclass(frozen=True)
 class DecodeConfig(_Config):
