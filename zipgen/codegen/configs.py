@@ -129,8 +129,9 @@ class ZipGemmConfig(_Config):
         tiles = self.warps_per_cta * (32 * 80 + (self.depth + 1) * 128)
         if self.stage_x:
             tiles += self.warps_per_cta // self.row_groups * 2 * self.token_tiles * 8 * 144
-        # FP32 partial sums per warp and strip row (reuses the tiles)
-        partials = self.warps_per_cta * self.row_strips * 16 * self.tokens * 4
+        # FP32 partial sums per warp and strip row, token-major with 4 words of padding per
+        # token (reuses the tiles)
+        partials = (self.warps_per_cta * self.row_strips * 16 + 4) * self.tokens * 4
         return max(tiles, partials)
 
     def kernel_name(self, arch: ArchTraits) -> str:

@@ -82,15 +82,6 @@ __device__ __forceinline__ void st_shared_u32(unsigned addr, unsigned v) {
 __device__ __forceinline__ void red_shared_xor(unsigned addr, unsigned v) {
   asm volatile("red.shared.xor.b32 [%0], %1;\n" ::"r"(addr), "r"(v) : "memory");
 }
-__device__ __forceinline__ unsigned ld_shared_u16(unsigned addr) {
-  unsigned short v;
-  asm volatile("ld.shared.u16 %0, [%1];\n" : "=h"(v) : "r"(addr) : "memory");
-  return v;
-}
-__device__ __forceinline__ void st_shared_u16(unsigned addr, unsigned v) {
-  asm volatile("st.shared.u16 [%0], %1;\n" ::"r"(addr), "h"(static_cast<unsigned short>(v))
-               : "memory");
-}
 __device__ __forceinline__ unsigned ld_shared_u8(unsigned addr) {
   unsigned v;
   asm volatile("ld.shared.u8 %0, [%1];\n" : "=r"(v) : "r"(addr) : "memory");

@@ -499,16 +499,21 @@ __device__ __forceinline__ void zipgemm_rows(const GemmArgs& a, unsigned char* s
 
   // Sum each strip row's K-slice partials in slice order and write BF16 rows of y.
   __syncthreads();
-  float* partial = reinterpret_cast<float*>(smem);  // [kWarps][kRowStrips][16 rows][kTokens]
+  // [kTokens][kPitch]: token t's partial of row rr of strip row s of warp w at
+  // t * kPitch + (w * kRowStrips + s) * 16 + rr. A pitch of 4 mod 8 words past a multiple of
+  // 16 rows puts the 32 lanes of each fragment store in 32 banks (token 2q: 8q + g), and the
+  // reduction below reads consecutive rows: no bank conflicts either way.
+  constexpr int kPitch = kWarps * kRowStrips * kStripRows + 4;
+  float* partial = reinterpret_cast<float*>(smem);
 #pragma unroll
   for (int s = 0; s < kRowStrips; ++s) {
 #pragma unroll
     for (int nt = 0; nt < kTokenTiles; ++nt) {
-      float* p = partial + ((warp * kRowStrips + s) * kStripRows + g) * kTokens + nt * 8 + 2 * q;
+      float* p = partial + (nt * 8 + 2 * q) * kPitch + (warp * kRowStrips + s) * kStripRows + g;
       p[0] = acc[s][nt][0];
-      p[1] = acc[s][nt][1];
-      p[8 * kTokens] = acc[s][nt][2];
-      p[8 * kTokens + 1] = acc[s][nt][3];
+      p[kPitch] = acc[s][nt][1];
+      p[8] = acc[s][nt][2];
+      p[kPitch + 8] = acc[s][nt][3];
     }
   }
   __syncthreads();
@@ -524,8 +529,8 @@ __device__ __forceinline__ void zipgemm_rows(const GemmArgs& a, unsigned char* s
     float sum = 0.f;
 #pragma unroll
     for (int k = 0; k < kWarpsK; ++k)
-      sum += partial[(((first_warp + k * kRowGroups) * kRowStrips + s) * kStripRows +
-                      r % kStripRows) * kTokens + t];
+      sum += partial[t * kPitch + ((first_warp + k * kRowGroups) * kRowStrips + s) * kStripRows +
+                     r % kStripRows];
     if (a.bias) sum += bf16_bits_to_float(a.bias[row]);
     a.y[static_cast<long long>(tok) * a.n + row] = float_to_bf16_bits(sum);
   }
