@@ -12,8 +12,6 @@
 #             into $OUT/tuning_db (copy it to tuning_db/ to ship it); later stages use it
 #   bench     benchmarks/decode.py and gemm.py (ZIPGEN_BENCHMARKS overrides: "" runs none)
 #   e2e       benchmarks/e2e.py (Llama-3.1-8B architecture, batches 1, 8, 32)
-#   format_v2 tests/test_gpu_gemm_v2.py, then benchmarks/gemm_v2.py (the proposed format
-#             version 2 against version 1 in the fused kernel, same configurations)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/zipgen-out}; mkdir -p "$OUT"
@@ -54,11 +52,6 @@ if stage bench; then
   for b in ${ZIPGEN_BENCHMARKS-decode gemm}; do
     python benchmarks/$b.py --json "$OUT/$b.json" 2>&1 | tee "$OUT/$b.md" | grep -v Warning | tail -4
   done
-fi
-if stage format_v2; then
-  python -m pytest -m gpu -q -p no:cacheprovider tests/test_gpu_gemm_v2.py 2>&1 \
-    | tee "$OUT/gemm_v2_tests.txt" | tail -3
-  python benchmarks/gemm_v2.py --json "$OUT/gemm_v2.json" 2>&1 | tee "$OUT/gemm_v2.md" | tail -6
 fi
 if stage e2e; then
   python benchmarks/e2e.py --json "$OUT/e2e.json" 2>&1 | tee "$OUT/e2e.md" | tail -6

@@ -3,7 +3,7 @@
     compute-sanitizer --tool racecheck python benchmarks/sanitize.py
 Covers both activation paths (direct, staged, with 1, 2 and 4 row groups sharing the staged
 activations: named barriers), two strip rows per warp, a ragged last strip (K % 64 != 0), more than
-48 KB of dynamic shared memory, and fallback-heavy weights (the stash overflow path).
+48 KB of dynamic shared memory, and fallback-heavy weights (patch rounds past 32 entries per strip).
 racecheck reports hazards for the configurations with row_groups > 1 (named barriers with a
 thread count); it reports them on the race-free benchmarks/racecheck_probe.py too, so they say
 nothing about the kernel: there, tests/test_gpu_gemm.py::test_staged_activations_have_no_race

@@ -21,9 +21,9 @@ def weights():
 def test_properties(weights):
     ct = zipgen.compress(weights)
     assert ct.shape == (100, 300) and ct.numel == 30000
-    assert ct.format_version == zipgen.FORMAT_VERSION == 1
+    assert ct.format_version == zipgen.FORMAT_VERSION == 2
     streams = ct.streams()
-    assert set(streams) == {"sign_mantissa", "planes", "fallback_exponents", "fallback_offsets"}
+    assert set(streams) == {"sign_mantissa", "planes", "fallback_entries", "fallback_offsets"}
     assert ct.nbytes == sum(t.numel() * t.element_size() for t in streams.values())
     assert ct.bits_per_weight == pytest.approx(8 * ct.nbytes / 30000)
     assert ct.ratio == pytest.approx(ct.nbytes / 60000)
@@ -63,14 +63,15 @@ def test_decompress_rejects_non_compressed():
 
 def test_unknown_version(weights):
     ct = zipgen.compress(weights)
-    with pytest.raises(FormatError, match="version 2"):
-        replace(ct, format_version=2)
+    with pytest.raises(FormatError, match="version 1 is not supported .*reads version 2"):
+        replace(ct, format_version=1)
 
 
 @pytest.mark.parametrize("field,value,match", [
     ("sign_mantissa", torch.zeros(10, dtype=torch.uint8), "shape"),
     ("planes", torch.zeros(1, 3, 32, dtype=torch.int64), "dtype"),
-    ("fallback_exponents", torch.zeros(15, dtype=torch.uint8), "multiple of 16"),
+    ("fallback_entries", torch.zeros(15, dtype=torch.uint8), "entry stream of 15 bytes"),
+    ("fallback_entries", torch.zeros(2, 16, dtype=torch.uint8), "1-D"),
     ("fallback_offsets", torch.zeros(3, dtype=torch.int32), "shape"),
 ])
 def test_malformed_streams(weights, field, value, match):
@@ -94,9 +95,13 @@ def test_corrupt_offsets_detected(weights):
 
 
 def test_corrupt_planes_detected(weights):
+    """Planes that give a fallback a non-zero code contradict its entry. (Code 0 is a valid
+    exponent too, so other plane damage is for the checkpoint's checksums to find.)"""
     ct = zipgen.compress(weights)
+    first = int(ct.fallback_entries[0]) | (int(ct.fallback_entries[1]) & 3) << 8  # position
+    strip = int(torch.nonzero(ct.fallback_offsets[1:] > 0)[0])
     planes = ct.planes.clone()
-    planes[0, :, 0] = 0  # every element of lane 0 becomes a fallback
+    planes[strip, :, first >> 5] = -1  # every element of that lane gets code 7
     with pytest.raises(FormatError, match="corrupt"):
         zipgen.decompress(replace(ct, planes=planes))
 

@@ -14,23 +14,24 @@ from conftest import bits_of, from_bits
 
 
 def spec_encode(bits: np.ndarray):
-    """bits: uint16 [N, K] -> (base, sign_mantissa, planes, fallback_exponents, offsets)."""
+    """bits: uint16 [N, K] -> (base, sign_mantissa, planes, fallback_entries, offsets)."""
     n, k = bits.shape
     exp = (bits >> 7) & 0xFF
     hist = np.bincount(exp.reshape(-1), minlength=256)
-    counts = [hist[w:w + 7].sum() for w in range(250)]
+    counts = [hist[w:w + 8].sum() for w in range(249)]  # §2: windows [w, w + 7], w <= 248
     w = int(np.argmax(counts))  # first maximum
-    base = w - 1
+    base = w
     np_, kp = -(-n // 16) * 16, -(-k // 64) * 64
     padded = np.full((np_, kp), w << 7, dtype=np.uint16)  # §3
     padded[:n, :k] = bits
     strips = (np_ // 16) * (kp // 64)
     sm = np.zeros(strips * 1024, dtype=np.uint8)
     planes = np.zeros((strips, 3, 32), dtype=np.uint32)
-    fallbacks, offsets, lane_fallbacks = [], [0], {}
+    records, offsets = [], [0]
     for rg in range(np_ // 16):
         for kg in range(kp // 64):
             s = rg * (kp // 64) + kg
+            strip_records = []
             for lane in range(32):
                 g, q = lane >> 2, lane & 3
                 for i in range(32):
@@ -41,18 +42,21 @@ def spec_encode(bits: np.ndarray):
                     ex = (u >> 7) & 0xFF
                     sm[1024 * s + 512 * (i >> 4) + 16 * lane + (i & 15)] = \
                         ((u >> 15) << 7) | (u & 0x7F)
-                    code = ex - base if w <= ex <= w + 6 else 0
+                    inside = w <= ex <= w + 7
+                    code = ex - base if inside else 0
                     b = (i >> 1) + 16 * (i & 1)
                     for p in range(3):
                         planes[s, p, lane] |= ((code >> p) & 1) << b
-                    if code == 0:
-                        lane_fallbacks[b] = ex
-                fallbacks += [lane_fallbacks[b] for b in sorted(lane_fallbacks)]
-                lane_fallbacks.clear()
-            offsets.append(len(fallbacks))
-    fb = np.zeros(-(-len(fallbacks) // 16) * 16, dtype=np.uint8)
-    fb[:len(fallbacks)] = fallbacks
-    return base, sm, planes.view(np.int32), fb, np.array(offsets, dtype=np.int32)
+                    if not inside:  # §5: position 32 lane + b, exponent above it
+                        strip_records.append((32 * lane + b) | (ex << 10))
+            records += sorted(strip_records, key=lambda r: r & 1023)  # increasing position
+            offsets.append(len(records))
+    stream = 0
+    for j, r in enumerate(records):  # record j at bits 18 j .. 18 j + 17, little-endian
+        stream |= r << (18 * j)
+    size = -(-(18 * len(records) // 8 + 8) // 16) * 16
+    entries = np.frombuffer(stream.to_bytes(size, "little"), dtype=np.uint8)
+    return base, sm, planes.view(np.int32), entries, np.array(offsets, dtype=np.int32)
 
 
 @pytest.mark.parametrize("shape,seed", [((16, 64), 0), ((32, 128), 1), ((20, 70), 2),
@@ -71,6 +75,6 @@ def test_streams_match_the_spec(shape, seed):
     assert ct.base == base
     np.testing.assert_array_equal(ct.sign_mantissa.numpy(), sm)
     np.testing.assert_array_equal(ct.planes.numpy(), planes)
-    np.testing.assert_array_equal(ct.fallback_exponents.numpy(), fb)
+    np.testing.assert_array_equal(ct.fallback_entries.numpy(), fb)
     np.testing.assert_array_equal(ct.fallback_offsets.numpy(), offsets)
     assert ct.num_fallbacks == offsets[-1] > 0

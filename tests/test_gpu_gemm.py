@@ -1,6 +1,8 @@
 """zipgen.runtime.gemm against an FP32 reference computed from the exact weights (GPU only)."""
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -133,8 +135,8 @@ def test_decode_path_equals_f_linear_exactly():
 @pytest.mark.parametrize("cfg", [None, ZipGemmConfig(8, 2, 1, 2, True, 2),
                                  ZipGemmConfig(4, 1, 2, 1, False, 2)])
 def test_fallback_heavy_weights(cfg):
-    """A quarter of the weights outside the window: many fallbacks per lane and strip, beyond
-    the 128-byte stash too."""
+    """A quarter of the weights outside the window: ~250 entries per strip, so the warp patches
+    in several rounds, all but the first reading its entries from global memory."""
     w, _ = make(256, 2048)
     flat = bits_of(w).view(-1).clone()
     idx = torch.randperm(flat.numel(), device="cuda")[: flat.numel() // 4]
@@ -142,7 +144,7 @@ def test_fallback_heavy_weights(cfg):
     flat[idx] = ((flat[idx].to(torch.int32) & 0x807F) | (exps << 7)).to(torch.int16)
     w = from_bits(flat.view(256, 2048))
     ct = zipgen.compress(w)
-    assert ct.coverage < 0.8
+    assert ct.coverage < 0.8 and ct.num_fallbacks > 4 * 32 * ct.num_strips
     for m in (1, 16, 33):
         x = activations(m, 2048)
         assert_close(gemm(x, ct, config=cfg, fused=True), reference(x, w))
@@ -233,3 +235,11 @@ def test_misaligned_and_strided_inputs():
         assert_close(gemm(x, ct, fused=fused), reference(x, w))
         xt = activations(512, 5).t()  # a transposed (non-contiguous) view
         assert_close(gemm(xt, ct, fused=fused), reference(xt, w))
+    # a compressed stream that is a view 1 byte into a buffer: refused, not misread
+    entries = ct.fallback_entries
+    shifted = torch.empty(entries.numel() + 1, dtype=torch.uint8, device="cuda")[1:]
+    shifted.copy_(entries)
+    moved = dataclasses.replace(ct, fallback_entries=shifted)
+    for fused in (True, False):
+        with pytest.raises(zipgen.InputError, match="fallback_entries must be 4-byte aligned"):
+            gemm(activations(1, 512), moved, fused=fused)

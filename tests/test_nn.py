@@ -68,7 +68,7 @@ def test_state_dict_round_trip_into_a_skeleton(tmp_path):
     lin = bf16_linear(192, 128)
     zl = ZipLinear.from_linear(lin)
     sd = zl.state_dict()
-    assert set(sd) == {"bias", "sign_mantissa", "planes", "fallback_exponents",
+    assert set(sd) == {"bias", "sign_mantissa", "planes", "fallback_entries",
                        "fallback_offsets", "_extra_state"}
     buf = io.BytesIO()
     torch.save(sd, buf)

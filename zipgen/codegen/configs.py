@@ -82,9 +82,6 @@ class ZipGemmConfig(_Config):
     # read once, halving the B-fragment traffic per weight (ldmatrix, at M > 8) for more
     # registers (zipgemm_kernel.cuh)
     row_strips: int = 1
-    # TCA-TBE version of the weights: 2 is the proposed format of zipgen/format/codec_v2.py
-    # (fallbacks as explicit entries, patched by the whole warp)
-    format_version: int = 1
 
     op = "zipgemm"
     template = "zipgemm.cu.j2"
@@ -101,8 +98,6 @@ class ZipGemmConfig(_Config):
             out.append(f"stage_x={self.stage_x!r} is not a bool")
         if self.row_strips not in (1, 2):
             out.append(f"row_strips={self.row_strips} is not 1 or 2")
-        if self.format_version not in (1, 2):
-            out.append(f"format_version={self.format_version} is not 1 or 2")
         if self.row_groups not in (1, 2, 4) or self.warps_per_cta % self.row_groups:
             out.append(f"row_groups={self.row_groups} is not 1, 2 or 4 dividing warps_per_cta")
         if not out and self.smem_bytes > arch.max_smem_per_block:
@@ -123,10 +118,10 @@ class ZipGemmConfig(_Config):
 
     @property
     def smem_bytes(self) -> int:
-        # per warp (zipgemm_kernel.cuh): 32 lanes x 80 B of staged registers and one 128 B
-        # fallback stash per ring buffer (depth + 1); then, stage_x, per K slice a double
-        # buffer of staged activations (8 rows at a pitch of 144 B per token tile)
-        tiles = self.warps_per_cta * (32 * 80 + (self.depth + 1) * 128)
+        # per warp (zipgemm_kernel.cuh): 32 lanes x 80 B of staged registers; then, stage_x,
+        # per K slice a double buffer of staged activations (8 rows at a pitch of 144 B per
+        # token tile)
+        tiles = self.warps_per_cta * 32 * 80
         if self.stage_x:
             tiles += self.warps_per_cta // self.row_groups * 2 * self.token_tiles * 8 * 144
         # FP32 partial sums per warp and strip row, token-major with 4 words of padding per
@@ -137,8 +132,7 @@ class ZipGemmConfig(_Config):
     def kernel_name(self, arch: ArchTraits) -> str:
         return (f"zipgemm_{arch.short}_r{self.rows}_t{self.tokens}_w{self.warps_per_cta}"
                 f"_d{self.depth}" + ("_sx" if self.stage_x else "")
-                + (f"_s{self.row_strips}" if self.row_strips > 1 else "")
-                + (f"_f{self.format_version}" if self.format_version > 1 else ""))
+                + (f"_s{self.row_strips}" if self.row_strips > 1 else ""))
 
     @property
     def rows(self) -> int:

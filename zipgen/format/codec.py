@@ -12,10 +12,12 @@ from functools import lru_cache
 import torch
 
 from ..errors import FormatError, InputError
-from .layout import (LANES, PLANES, STREAM_ALIGN, STRIP_ELEMS, from_lane_order, num_strips,
+from .entries import POSITION_BITS, POSITION_MASK, make_records, pack_entries, read_entries
+from .layout import (LANES, PLANES, STRIP_ELEMS, WINDOW, from_lane_order, num_strips,
                      padded_shape, to_lane_order)
 from .tensor import CompressedTensor
 from .window import best_window, exponent_histogram
+
 
 def _check_input(w: torch.Tensor, name: str) -> None:
     if not isinstance(w, torch.Tensor):
@@ -58,12 +60,6 @@ def _spread_table(device) -> torch.Tensor:
     return table.to(device)
 
 
-@lru_cache(maxsize=None)
-def _popcount_table(device) -> torch.Tensor:
-    idx = torch.arange(256, dtype=torch.uint8)
-    return sum(((idx >> j) & 1) for j in range(8)).to(device)
-
-
 def _unpack_codes(planes: torch.Tensor) -> torch.Tensor:
     """int32 [S, 3, 32] -> codes uint8 [S, 1024], lane-major, plane-bit order (the inverse
     of _pack_planes)."""
@@ -74,16 +70,6 @@ def _unpack_codes(planes: torch.Tensor) -> torch.Tensor:
     codes |= torch.index_select(spread, 0, plane_bytes[:, 1].reshape(-1)) << 1
     codes |= torch.index_select(spread, 0, plane_bytes[:, 2].reshape(-1)) << 2
     return codes.view(torch.uint8).view(s, STRIP_ELEMS)
-
-
-def _fallbacks_per_strip(planes: torch.Tensor) -> torch.Tensor:
-    """int64 [S]: elements with code 0 per strip, counted on the packed planes."""
-    s = planes.shape[0]
-    b = planes.contiguous().view(torch.uint8).view(s, PLANES, -1)
-    fallback_bytes = ~(b[:, 0] | b[:, 1] | b[:, 2])
-    counts = torch.index_select(_popcount_table(planes.device), 0,
-                                fallback_bytes.reshape(-1).to(torch.int32))
-    return counts.view(s, -1).sum(1, dtype=torch.int64)
 
 
 def _to_bit_order(lane: torch.Tensor) -> torch.Tensor:
@@ -157,8 +143,7 @@ def compress(w: torch.Tensor, name: str = "tensor") -> CompressedTensor:
     n, k = w.shape
     device = w.device
     bits = w.contiguous().view(torch.int16)
-    window = best_window(_histogram(bits, device))
-    lo = window.lo
+    lo = best_window(_histogram(bits, device)).lo
     np_, kp = padded_shape(n, k)
     strips_per_row_group = kp // 64
     s = num_strips(n, k)
@@ -172,33 +157,50 @@ def compress(w: torch.Tensor, name: str = "tensor") -> CompressedTensor:
         lane = to_lane_order(_padded_rows(bits, r0, r1, kp, lo << 7))
         sign_mantissa[s0 * STRIP_ELEMS:s1 * STRIP_ELEMS] = _lane_to_sm_order(
             ((lane >> 8).to(torch.uint8) & 0x80) | (lane.to(torch.uint8) & 0x7F))
-        # codes and fallbacks are in plane-bit order
-        exponent = _to_bit_order((lane >> 7).to(torch.uint8)).contiguous()
-        offset = exponent - lo  # uint8 arithmetic wraps: < 7 exactly when inside the window
-        in_window = offset < 7
-        codes = (offset + 1) * in_window.view(torch.uint8)  # 0 for fallbacks
-        planes[s0:s1] = _pack_planes(codes.view(s1 - s0, LANES, 32))
-        return exponent[~in_window]
+        # codes and positions are in plane-bit order: position = 32 lane + plane bit
+        exponent = _to_bit_order((lane >> 7).to(torch.uint8)).reshape(s1 - s0, STRIP_ELEMS)
+        offset = exponent - lo  # uint8 arithmetic wraps: < 8 exactly inside the window
+        outside = offset >= WINDOW
+        planes[s0:s1] = _pack_planes(offset.masked_fill_(outside, 0).view(s1 - s0, LANES, 32))
+        strip, position = outside.nonzero(as_tuple=True)  # by strip, then by position
+        records = make_records(position, exponent[strip, position])
+        return records, torch.bincount(strip, minlength=s1 - s0)
 
-    fallbacks = torch.cat(_map_chunks(encode, _row_chunks(np_, kp, device), device))
-    total = fallbacks.numel()
-    if total >= 2**31:
-        raise InputError(f"{name}: {total} fallbacks exceed the format's 2^31 limit; "
+    parts = _map_chunks(encode, _row_chunks(np_, kp, device), device)
+    records = torch.cat([r for r, _ in parts])
+    if records.numel() >= 2**31:
+        raise InputError(f"{name}: {records.numel()} fallbacks exceed the format's 2^31 limit; "
                          f"split the matrix")
     offsets = torch.zeros(s + 1, dtype=torch.int64, device=device)
-    torch.cumsum(_fallbacks_per_strip(planes), 0, out=offsets[1:])
-    fallback_stream = torch.zeros(-(-total // STREAM_ALIGN) * STREAM_ALIGN, dtype=torch.uint8,
-                                  device=device)
-    fallback_stream[:total] = fallbacks
-
+    torch.cumsum(torch.cat([c for _, c in parts]), 0, out=offsets[1:])
     return CompressedTensor(
         shape=(n, k),
-        base=window.base,
+        base=lo,
         sign_mantissa=sign_mantissa,
         planes=planes,
-        fallback_exponents=fallback_stream,
+        fallback_entries=pack_entries(records),
         fallback_offsets=offsets.to(torch.int32),
     )
+
+
+def _checked_entries(ct: CompressedTensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(int64 offsets [S + 1], int64 records [T]), or FormatError when the offsets or the
+    records break FORMAT.md §5: offsets never decrease, a strip's records have increasing
+    positions, each names an exponent outside the window."""
+    offsets = ct.fallback_offsets.to(torch.int64)
+    counts = offsets[1:] - offsets[:-1]
+    if bool((counts < 0).any()):
+        raise FormatError("fallback_offsets decrease: the data is corrupt")
+    records = read_entries(ct.fallback_entries, int(offsets[-1]))
+    strip = torch.repeat_interleave(torch.arange(ct.num_strips, device=ct.device), counts)
+    key = strip * STRIP_ELEMS + (records & POSITION_MASK)
+    if bool((key[1:] <= key[:-1]).any()):
+        raise FormatError("a strip's fallback entries are not in increasing position: the data "
+                          "is corrupt")
+    if bool((((records >> POSITION_BITS) - ct.base) & 0xFF < WINDOW).any()):
+        raise FormatError("a fallback entry holds an exponent inside the window: the data is "
+                          "corrupt")
+    return offsets, records
 
 
 def decompress_reference(ct: CompressedTensor) -> torch.Tensor:
@@ -209,23 +211,24 @@ def decompress_reference(ct: CompressedTensor) -> torch.Tensor:
     np_, kp = padded_shape(n, k)
     strips_per_row_group = kp // 64
     device = ct.device
-
-    offsets = ct.fallback_offsets.to(torch.int64)
-    if not torch.equal(offsets[1:] - offsets[:-1], _fallbacks_per_strip(ct.planes)):
-        raise FormatError("fallback_offsets disagree with the fallback counts in the planes: "
-                          "the data is corrupt")
+    offsets, records = _checked_entries(ct)
     chunks = _row_chunks(np_, kp, device)
     bounds = offsets[[r // 16 * strips_per_row_group for c in chunks for r in c]].tolist()
     out = torch.empty((n, k), dtype=torch.int16, device=device)
-    base = ct.base & 0xFF  # uint8 wrap: base -1 adds 255
 
     def decode(chunk_index):
         r0, r1 = chunks[chunk_index]
         s0, s1 = r0 // 16 * strips_per_row_group, r1 // 16 * strips_per_row_group
         f0, f1 = bounds[2 * chunk_index], bounds[2 * chunk_index + 1]
         codes = _unpack_codes(ct.planes[s0:s1]).view(-1)
-        exponent = codes + base
-        exponent[codes == 0] = ct.fallback_exponents[f0:f1]
+        exponent = codes + ct.base  # uint8; then the entries overwrite the fallbacks'
+        mine = records[f0:f1]
+        strip = torch.searchsorted(offsets[s0 + 1:s1 + 1], torch.arange(f0, f1, device=device),
+                                   right=True)  # chunk-local strip of each record
+        where = strip * STRIP_ELEMS + (mine & POSITION_MASK)
+        if bool((codes[where] != 0).any()):
+            raise FormatError("a fallback's code is not 0: the data is corrupt")
+        exponent[where] = (mine >> POSITION_BITS).to(torch.uint8)
         exponent = _to_element_order(exponent)
         sign_mantissa = _sm_to_lane_order(
             ct.sign_mantissa[s0 * STRIP_ELEMS:s1 * STRIP_ELEMS]).view(exponent.shape)

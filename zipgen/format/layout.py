@@ -1,4 +1,4 @@
-"""Tile geometry of format version 1 (docs/FORMAT.md §3-§5) as tensor views.
+"""Tile geometry of TCA-TBE (docs/FORMAT.md §3-§5) as tensor views.
 
 The codec never loops over elements: it reshapes a padded [Np, Kp] matrix into tile axes and
 permutes them into the order the streams store. Natural axes of a padded matrix:
@@ -19,8 +19,8 @@ COLS_PER_STRIP = 64
 STRIP_ELEMS = ROWS_PER_STRIP * COLS_PER_STRIP  # 1024
 LANES = 32
 PLANES = 3
-WINDOW = 7  # exponents covered by codes 1..7
-STREAM_ALIGN = 16  # bytes; the fallback stream is padded to this
+WINDOW = 8  # exponents covered by the codes 0..7
+STREAM_ALIGN = 16  # bytes; the fallback entry stream is padded to a multiple of this
 
 
 def padded_shape(n: int, k: int) -> tuple[int, int]:

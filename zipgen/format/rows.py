@@ -1,11 +1,9 @@
 """Decoding chosen rows of a compressed matrix (an embedding lookup) with gathers only.
 
-decompress() decodes whole matrices, and its fallback bookkeeping reads strip boundaries back to
-the host. A lookup of a few token rows must not: every step of a serving loop runs it, inside a
-CUDA graph. Here each element finds its fallback exponent on its own (FORMAT.md §5):
-
-    rank = fallback_offsets[s] + (fallbacks of lanes < l in strip s) + popc(fb_l & ((1 << b) - 1))
-
+decompress() decodes whole matrices and reads strip boundaries back to the host. A lookup of a
+few token rows must not: every step of a serving loop runs it, inside a CUDA graph. Here each
+element finds its fallback entry on its own, by a binary search over its strip's records
+(FORMAT.md §5: in increasing position, at most 1024 per strip, so 11 halvings always finish),
 so the whole decode is a fixed sequence of gathers and integer ops on tensors whose shapes depend
 only on how many rows are asked for: no host synchronisation, capturable in a CUDA graph.
 """
@@ -16,7 +14,7 @@ from functools import lru_cache
 import torch
 
 from ..errors import InputError
-from .codec import _popcount_table
+from .entries import ENTRY_BITS, POSITION_BITS, POSITION_MASK, unpack_entries
 from .layout import COLS_PER_STRIP, ROWS_PER_STRIP, STRIP_ELEMS, padded_shape
 from .tensor import CompressedTensor
 
@@ -38,11 +36,8 @@ def _strip_tables(device) -> tuple[torch.Tensor, torch.Tensor]:
     return lane.to(device), element.to(device)
 
 
-def _popcount(x: torch.Tensor) -> torch.Tensor:
-    """Set bits of each non-negative int64, through the byte table the codec uses."""
-    table = _popcount_table(x.device)
-    as_bytes = x.contiguous().view(torch.uint8).to(torch.int64)
-    return table[as_bytes].view(*x.shape, 8).sum(-1, dtype=torch.int64)
+# A strip holds at most 1024 records; 11 halvings narrow any range of them to one place.
+_SEARCH_STEPS = 11
 
 
 def decode_rows(ct: CompressedTensor, rows: torch.Tensor) -> torch.Tensor:
@@ -84,19 +79,24 @@ def _decode(ct: CompressedTensor, rows: torch.Tensor) -> torch.Tensor:
     mine = (mine >> bit.unsqueeze(2)) & 1  # [R, S, 3, 64]
     code = mine[:, :, 0] | (mine[:, :, 1] << 1) | (mine[:, :, 2] << 2)
 
-    # fallbacks: the rank of each element's exponent in the stream
-    fallback_words = ~(words[:, :, 0] | words[:, :, 1] | words[:, :, 2]) & 0xFFFFFFFF
-    per_lane = _popcount(fallback_words)  # [R, S, 32]
-    lanes_below = per_lane.cumsum(2) - per_lane
-    own = fallback_words.gather(2, lane.expand(*strips.shape, COLS_PER_STRIP))
-    rank = (ct.fallback_offsets[strips].to(torch.int64).unsqueeze(2)
-            + lanes_below.gather(2, lane.expand(*strips.shape, COLS_PER_STRIP))
-            + _popcount(own & ((1 << bit) - 1)))
-    exponent = (code + ct.base) & 0xFF
-    stream = ct.fallback_exponents
-    if stream.numel():  # a code of 0 takes its exponent from the stream
-        stored = stream[rank.clamp(max=stream.numel() - 1)].to(torch.int64)
-        exponent = torch.where(code == 0, stored, exponent)
+    exponent = code + ct.base
+    # fallbacks: the first record of the strip at or past the element's position, then a match
+    position = 32 * lane + bit  # [R, 1, 64]
+    first = ct.fallback_offsets[strips].to(torch.int64).unsqueeze(2)  # [R, S, 1]
+    end = ct.fallback_offsets[strips + 1].to(torch.int64).unsqueeze(2)
+    lo = first.expand(*strips.shape, COLS_PER_STRIP)
+    hi = end.expand_as(lo)
+    stream = ct.fallback_entries
+    last = max(0, (stream.numel() - 4) * 8 // ENTRY_BITS)  # records past it would read past
+    for _ in range(_SEARCH_STEPS):                          # the stream; the search masks them
+        mid = (lo + hi) >> 1
+        inside = mid < hi
+        right = inside & ((unpack_entries(stream, mid.clamp(max=last)) & POSITION_MASK) < position)
+        lo = torch.where(right, mid + 1, lo)
+        hi = torch.where(inside & ~right, mid, hi)
+    record = unpack_entries(stream, lo.clamp(max=last))
+    found = (lo < end) & ((record & POSITION_MASK) == position)
+    exponent = torch.where(found, record >> POSITION_BITS, exponent)
 
     value = ((sign_mantissa & 0x80) << 8) | (exponent.to(torch.int16) << 7) | (sign_mantissa & 0x7F)
     return value.view(rows.numel(), -1)[:, :k]

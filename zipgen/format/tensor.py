@@ -1,4 +1,4 @@
-"""CompressedTensor: one BF16 matrix in TCA-TBE format version 1 (docs/FORMAT.md)."""
+"""CompressedTensor: one BF16 matrix in TCA-TBE format version 2 (docs/FORMAT.md)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
@@ -6,15 +6,16 @@ from dataclasses import dataclass, replace
 import torch
 
 from ..errors import FormatError
-from .layout import LANES, PLANES, STREAM_ALIGN, STRIP_ELEMS, num_strips
+from .entries import entry_stream_bytes
+from .layout import LANES, PLANES, STRIP_ELEMS, num_strips
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 # name -> dtype of each stream, in the order they are stored
 STREAMS = {
     "sign_mantissa": torch.uint8,
     "planes": torch.int32,
-    "fallback_exponents": torch.uint8,
+    "fallback_entries": torch.uint8,
     "fallback_offsets": torch.int32,
 }
 
@@ -27,8 +28,8 @@ class CompressedTensor:
     base: int
     sign_mantissa: torch.Tensor  # uint8 [S * 1024]
     planes: torch.Tensor  # int32 [S, 3, 32]
-    fallback_exponents: torch.Tensor  # uint8 [F padded to 16]
-    fallback_offsets: torch.Tensor  # int32 [S + 1]
+    fallback_entries: torch.Tensor  # uint8: 18-bit (position, exponent) records, padded
+    fallback_offsets: torch.Tensor  # int32 [S + 1]: first record of each strip, then the total
     format_version: int = FORMAT_VERSION
 
     def __post_init__(self):
@@ -109,8 +110,8 @@ class CompressedTensor:
         n, k = self.shape
         if n < 1 or k < 1:
             raise FormatError(f"shape {self.shape} is empty")
-        if not -1 <= self.base <= 248:
-            raise FormatError(f"base exponent {self.base} is outside -1..248")
+        if not 0 <= self.base <= 248:
+            raise FormatError(f"base exponent {self.base} is outside 0..248")
         s = num_strips(n, k)
         expected = {
             "sign_mantissa": (s * STRIP_ELEMS,),
@@ -130,12 +131,12 @@ class CompressedTensor:
             devices.add(t.device)
         if len(devices) != 1:
             raise FormatError(f"streams live on several devices: {sorted(map(str, devices))}")
-        fb = self.fallback_exponents
-        if fb.dim() != 1 or fb.numel() % STREAM_ALIGN:
-            raise FormatError(f"fallback_exponents must be 1-D and a multiple of "
-                              f"{STREAM_ALIGN} bytes, got shape {tuple(fb.shape)}")
+        entries = self.fallback_entries
+        if entries.dim() != 1:
+            raise FormatError(f"fallback_entries must be 1-D, got shape {tuple(entries.shape)}")
         total = int(self.fallback_offsets[-1])
         first = int(self.fallback_offsets[0])
-        if first != 0 or not 0 <= total <= min(fb.numel(), n * k) or fb.numel() - total >= STREAM_ALIGN:
+        if first != 0 or not 0 <= total <= n * k or entries.numel() != entry_stream_bytes(total):
             raise FormatError(f"fallback_offsets run {first}..{total}, which does not fit a "
-                              f"fallback stream of {fb.numel()} bytes")
+                              f"fallback entry stream of {entries.numel()} bytes "
+                              f"({entry_stream_bytes(max(total, 0))} expected)")

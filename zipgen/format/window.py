@@ -16,15 +16,15 @@ def exponent_histogram(bits: torch.Tensor) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class Window:
-    """The seven consecutive exponents [lo, lo + 6] that the codes 1..7 stand for."""
+    """The eight consecutive exponents [lo, lo + 7] that the codes 0..7 stand for."""
 
     lo: int
     coverage: float  # share of elements whose exponent lies in the window
 
     @property
     def base(self) -> int:
-        """Exponent = base + code; -1 when the window starts at exponent 0."""
-        return self.lo - 1
+        """Exponent = base + code (FORMAT.md §2): the window's first exponent."""
+        return self.lo
 
 
 def best_window(hist: torch.Tensor) -> Window:
@@ -32,7 +32,7 @@ def best_window(hist: torch.Tensor) -> Window:
     hist = hist.to(torch.int64).cpu()
     total = int(hist.sum())
     sums = torch.cumsum(torch.cat([hist.new_zeros(1), hist]), 0)
-    in_window = sums[WINDOW:] - sums[:-WINDOW]  # in_window[lo] for lo in 0..249
+    in_window = sums[WINDOW:] - sums[:-WINDOW]  # in_window[lo] for lo in 0..248
     lo = int(torch.argmax(in_window))  # argmax returns the first maximum
     return Window(lo=lo, coverage=float(in_window[lo]) / total if total else 1.0)
 

@@ -12,6 +12,7 @@ from torch import nn
 from ..errors import FormatError, InputError
 from ..format import FORMAT_VERSION, CompressedTensor
 from ..format.layout import LANES, PLANES, STRIP_ELEMS, num_strips
+from ..format.entries import entry_stream_bytes
 from ..format.tensor import STREAMS
 
 
@@ -25,7 +26,7 @@ class CompressedWeight(nn.Module):
         s = num_strips(rows, cols)
         # streams of the right sizes for (rows, cols) with no fallbacks; load_state_dict resizes
         shapes = {"sign_mantissa": (s * STRIP_ELEMS,), "planes": (s, PLANES, LANES),
-                  "fallback_exponents": (0,), "fallback_offsets": (s + 1,)}
+                  "fallback_entries": (entry_stream_bytes(0),), "fallback_offsets": (s + 1,)}
         for name, stream_dtype in STREAMS.items():
             self.register_buffer(name, torch.zeros(shapes[name], dtype=stream_dtype,
                                                    device=device))

@@ -22,12 +22,12 @@ from ..format.tensor import STREAMS
 AUTO, FUSED, DECODE = -1, 1, 0
 
 
-def unchecked(n: int, k: int, base: int, sign_mantissa, planes, fallback_exponents,
+def unchecked(n: int, k: int, base: int, sign_mantissa, planes, fallback_entries,
               fallback_offsets) -> CompressedTensor:
     """The op's streams as a CompressedTensor, without validation (CompressedTensor.trusted):
     they were validated when their ZipLinear was built or loaded."""
     return CompressedTensor.trusted((n, k), base, sign_mantissa=sign_mantissa, planes=planes,
-                                    fallback_exponents=fallback_exponents,
+                                    fallback_entries=fallback_entries,
                                     fallback_offsets=fallback_offsets)
 
 
@@ -48,25 +48,25 @@ def check_input(x: torch.Tensor, n: int, k: int, bias) -> None:
 
 # Explicit schemas: `int`, not the inferred SymInt, so shapes and base stay compile-time constants.
 @torch.library.custom_op("zipgen::decompress", mutates_args=(), device_types="cpu",
-                         schema="(Tensor sign_mantissa, Tensor planes, Tensor fallback_exponents, "
+                         schema="(Tensor sign_mantissa, Tensor planes, Tensor fallback_entries, "
                                 "Tensor fallback_offsets, int n, int k, int base) -> Tensor")
 def decompress_op(sign_mantissa: torch.Tensor, planes: torch.Tensor,
-                  fallback_exponents: torch.Tensor, fallback_offsets: torch.Tensor,
+                  fallback_entries: torch.Tensor, fallback_offsets: torch.Tensor,
                   n: int, k: int, base: int) -> torch.Tensor:
     """The BF16 [n, k] matrix the streams encode (CPU: the reference decoder)."""
     return decompress_reference(CompressedTensor((n, k), base, sign_mantissa, planes,
-                                                 fallback_exponents, fallback_offsets))
+                                                 fallback_entries, fallback_offsets))
 
 
 @decompress_op.register_kernel("cuda")
-def _decompress_cuda(sign_mantissa, planes, fallback_exponents, fallback_offsets, n, k, base):
+def _decompress_cuda(sign_mantissa, planes, fallback_entries, fallback_offsets, n, k, base):
     from ..runtime.decode import decompress_cuda  # CUDA-only imports stay off the CPU path
-    return decompress_cuda(unchecked(n, k, base, sign_mantissa, planes, fallback_exponents,
+    return decompress_cuda(unchecked(n, k, base, sign_mantissa, planes, fallback_entries,
                                      fallback_offsets))
 
 
 @decompress_op.register_fake
-def _decompress_fake(sign_mantissa, planes, fallback_exponents, fallback_offsets, n, k, base):
+def _decompress_fake(sign_mantissa, planes, fallback_entries, fallback_offsets, n, k, base):
     return sign_mantissa.new_empty((n, k), dtype=torch.bfloat16)
 
 
@@ -74,29 +74,29 @@ def _decompress_fake(sign_mantissa, planes, fallback_exponents, fallback_offsets
 
 @torch.library.custom_op("zipgen::gemm", mutates_args=(), device_types="cpu",
                          schema="(Tensor x, Tensor sign_mantissa, Tensor planes, "
-                                "Tensor fallback_exponents, Tensor fallback_offsets, int n, int k, "
+                                "Tensor fallback_entries, Tensor fallback_offsets, int n, int k, "
                                 "int base, Tensor? bias, int fused) -> Tensor")
 def gemm_op(x: torch.Tensor, sign_mantissa: torch.Tensor, planes: torch.Tensor,
-            fallback_exponents: torch.Tensor, fallback_offsets: torch.Tensor, n: int, k: int,
+            fallback_entries: torch.Tensor, fallback_offsets: torch.Tensor, n: int, k: int,
             base: int, bias: torch.Tensor | None, fused: int) -> torch.Tensor:
     """y = x @ W^T (+ bias), like F.linear. CPU: decode W with the reference decoder, then
     F.linear, so the result equals F.linear on the original weight bit for bit. `fused`
     (AUTO, FUSED, DECODE) matters on CUDA only."""
     check_input(x, n, k, bias)
-    w = decompress_op(sign_mantissa, planes, fallback_exponents, fallback_offsets, n, k, base)
+    w = decompress_op(sign_mantissa, planes, fallback_entries, fallback_offsets, n, k, base)
     return F.linear(x, w, bias)
 
 
 @gemm_op.register_kernel("cuda")
-def _gemm_cuda(x, sign_mantissa, planes, fallback_exponents, fallback_offsets, n, k, base,
+def _gemm_cuda(x, sign_mantissa, planes, fallback_entries, fallback_offsets, n, k, base,
                bias, fused):
     from ..runtime.gemm import gemm
-    ct = unchecked(n, k, base, sign_mantissa, planes, fallback_exponents, fallback_offsets)
+    ct = unchecked(n, k, base, sign_mantissa, planes, fallback_entries, fallback_offsets)
     return gemm(x, ct, bias, fused=None if fused == AUTO else bool(fused))
 
 
 @gemm_op.register_fake
-def _gemm_fake(x, sign_mantissa, planes, fallback_exponents, fallback_offsets, n, k, base,
+def _gemm_fake(x, sign_mantissa, planes, fallback_entries, fallback_offsets, n, k, base,
                bias, fused):
     check_input(x, n, k, bias)
     return x.new_empty(tuple(x.shape[:-1]) + (n,))

@@ -15,6 +15,19 @@ def _default_config(m, n, k) -> DecodeConfig:
     return DecodeConfig()
 
 
+# Alignment the kernels' vector and word loads need, per stream.
+_STREAM_ALIGNMENT = {"sign_mantissa": 16, "planes": 4, "fallback_entries": 4, "fallback_offsets": 4}
+
+
+def check_stream_alignment(ct: CompressedTensor) -> None:
+    """InputError unless each stream starts where the kernels' loads need (freshly allocated
+    tensors always do; a view into a larger buffer may not: .clone() fixes it)."""
+    for name, alignment in _STREAM_ALIGNMENT.items():
+        if getattr(ct, name).data_ptr() % alignment:
+            raise InputError(f"{name} must be {alignment}-byte aligned for the GPU kernels' "
+                             f"loads (clone the tensor to realign it)")
+
+
 def decompress_cuda(ct: CompressedTensor, out: torch.Tensor | None = None,
                     config: DecodeConfig | None = None) -> torch.Tensor:
     """Decode `ct` (on a CUDA device) into `out` (BF16 [N, K] on the same device, made if
@@ -29,15 +42,15 @@ def decompress_cuda(ct: CompressedTensor, out: torch.Tensor | None = None,
           or not out.is_contiguous()):
         raise InputError(f"out must be a contiguous BF16 tensor of shape {(n, k)} on {ct.device}, "
                          f"got {out.dtype} {tuple(out.shape)} on {out.device}")
-    for name, t in (("out", out), ("sign_mantissa", ct.sign_mantissa)):
-        if t.data_ptr() % 16:
-            raise InputError(f"{name} must be 16-byte aligned for the decoder's vector accesses")
+    if out.data_ptr() % 16:
+        raise InputError("out must be 16-byte aligned for the decoder's vector stores")
+    check_stream_alignment(ct)
     # the tuned winner for (device, N, K), else the default; cached per key
     cfg = config or dispatch.choose("decode", ct.device, n, k, None, _default_config)
     kernel = get_kernel("decode", cfg, ct.device)
     strips_per_row_group = padded_shape(n, k)[1] // 64
     launch(kernel, grid=(cfg.grid(ct.num_strips),), block=(cfg.threads,),
-           args=(ct.sign_mantissa, ct.planes, ct.fallback_exponents, ct.fallback_offsets, out,
+           args=(ct.sign_mantissa, ct.planes, ct.fallback_entries, ct.fallback_offsets, out,
                  n, k, strips_per_row_group, ct.num_strips, ct.base),
            device=ct.device)
     return out

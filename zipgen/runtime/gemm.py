@@ -15,7 +15,7 @@ from ..errors import InputError
 from ..format import CompressedTensor
 from ..format.layout import padded_shape
 from ..tune import dispatch
-from .decode import decompress_cuda
+from .decode import check_stream_alignment, decompress_cuda
 from .kernels import get_kernel, launch
 
 # Largest M for which the fused kernel is used; above it, decode + cuBLAS. From the fused vs
@@ -80,6 +80,7 @@ def _check(x: torch.Tensor, w: CompressedTensor, bias, out):
                              or bias.device != x.device):
         raise InputError(f"bias must be a BF16 tensor of shape ({n},) on {x.device}, got "
                          f"{bias.dtype} {tuple(bias.shape)} on {bias.device}")
+    check_stream_alignment(w)
     expected = tuple(x.shape[:-1]) + (n,)
     if out is not None and (out.dtype != torch.bfloat16 or tuple(out.shape) != expected
                             or out.device != x.device or not out.is_contiguous()):
@@ -116,9 +117,9 @@ def gemm(x: torch.Tensor, w: CompressedTensor, bias: torch.Tensor | None = None,
         cfg = config or dispatch.choose("zipgemm", x.device, n, k, m, fused_config)
         kernel = get_kernel("zipgemm", cfg, x.device)
         launch(kernel, grid=cfg.grid(n, m), block=(cfg.threads,), shared_bytes=cfg.smem_bytes,
-               args=(w.sign_mantissa, w.planes, w.fallback_exponents, w.fallback_offsets, x2,
+               args=(w.sign_mantissa, w.planes, w.fallback_entries, w.fallback_offsets, x2,
                      bias, y2, m, n, k, padded_shape(n, k)[1] // 64,
-                     w.fallback_exponents.numel(), w.base),
+                     w.fallback_entries.numel() // 4, w.base),
                device=x.device)
     else:
         weight = decompress_cuda(w, out=_scratch_for(x.device, n, k))

@@ -1,7 +1,8 @@
 // The standalone TCA-TBE -> BF16 decoder (used before cuBLAS for large-M GEMMs).
 // Each warp decodes kStripsPerWarp strips of 16x64 weights: it issues all their loads first,
-// decodes two weights per 32-bit operation, patches the rare fallbacks, and stages each strip
-// in shared memory so that global stores are whole 16-byte chunks of rows.
+// decodes two weights per 32-bit operation into a strip staged in shared memory, where the warp
+// patches the rare fallbacks from their entries (one per lane), and stores whole 16-byte chunks
+// of rows.
 #pragma once
 #include <zipgen/tcatbe.cuh>
 
@@ -19,7 +20,7 @@ __device__ __noinline__ void store_ragged(unsigned short* dst, uint4 v, int coun
 template <int kWarps, int kStripsPerWarp>
 __device__ __forceinline__ void decode_strips(
     const uint4* __restrict__ sign_mantissa, const unsigned* __restrict__ planes,
-    const unsigned char* __restrict__ fallback_exponents, const int* __restrict__ fallback_offsets,
+    const unsigned* __restrict__ fallback_entries, const int* __restrict__ fallback_offsets,
     unsigned short* __restrict__ out, int n, int k, int strips_per_row_group, int num_strips,
     int base, unsigned* stage) {
   const int lane = threadIdx.x & 31;
@@ -30,12 +31,13 @@ __device__ __forceinline__ void decode_strips(
   const bool row_vectors = (k & 7) == 0;  // 16-byte stores stay aligned in every row
 
   LaneStrip data[kStripsPerWarp];
-  int fallback_start[kStripsPerWarp];
+  int entries_from[kStripsPerWarp], entries_to[kStripsPerWarp];
 #pragma unroll
   for (int j = 0; j < kStripsPerWarp; ++j) {
     if (first + j < num_strips) {
       data[j] = load_lane_strip(sign_mantissa, planes, first + j, lane);
-      fallback_start[j] = __ldg(fallback_offsets + first + j);
+      entries_from[j] = __ldg(fallback_offsets + first + j);
+      entries_to[j] = __ldg(fallback_offsets + first + j + 1);
     }
   }
 
@@ -43,20 +45,24 @@ __device__ __forceinline__ void decode_strips(
   for (int j = 0; j < kStripsPerWarp; ++j) {
     const long long s = first + j;
     if (s >= num_strips) break;  // warp-uniform
-    const unsigned fallbacks = fallback_mask(data[j]);
-    const int rank = fallback_start[j] + lanes_below(__popc(fallbacks));
-
     const CodeWords codes = code_words(data[j]);
 #pragma unroll
     for (int r = 0; r < 16; ++r)
       tile[element_row(lane, r) * kStagePitch + element_col(lane, r, 0) / 2] =
           decode_pair(data[j], codes, r, base_pair);
 
-    // Fallbacks: each lane patches its own elements, whose exponents follow in bit order.
+    __syncwarp();  // the tile is written
+
+    // Fallbacks: lane t takes entries t, t + 32, ... of the strip (about 17 in a trained strip)
+    // and sets the exponent of the element it names; entries name distinct elements.
     unsigned short* tile16 = reinterpret_cast<unsigned short*>(tile);
-    patch_fallbacks(fallbacks, fallback_exponents + rank, [&](unsigned b) {
-      return HalfAt{tile16 + element_row(lane, b & 15) * 2 * kStagePitch + element_col(lane, b & 15, b >> 4)};
-    });
+    for (int e = entries_from[j] + lane; e < entries_to[j]; e += 32) {
+      const unsigned entry = entry_at(fallback_entries, e);
+      const unsigned pos = entry_position(entry), owner = pos >> 5, b = pos & 31u;
+      unsigned short* half = tile16 + element_row(owner, b & 15) * 2 * kStagePitch +
+                             element_col(owner, b & 15, b >> 4);
+      *half = static_cast<unsigned short>((*half & 0x807Fu) | (entry_exponent(entry) << 7));
+    }
     __syncwarp();
 
     // 16 rows x 8 chunks of 16 bytes -> global memory, row by row

@@ -76,16 +76,8 @@ __device__ __forceinline__ uint4 ld_shared_v4(unsigned addr) {
                : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "r"(addr) : "memory");
   return v;
 }
-__device__ __forceinline__ void st_shared_u32(unsigned addr, unsigned v) {
-  asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(addr), "r"(v) : "memory");
-}
 __device__ __forceinline__ void red_shared_xor(unsigned addr, unsigned v) {
   asm volatile("red.shared.xor.b32 [%0], %1;\n" ::"r"(addr), "r"(v) : "memory");
-}
-__device__ __forceinline__ unsigned ld_shared_u8(unsigned addr) {
-  unsigned v;
-  asm volatile("ld.shared.u8 %0, [%1];\n" : "=r"(v) : "r"(addr) : "memory");
-  return v;
 }
 
 // FP32 -> BF16 bits, round to nearest even; NaN -> canonical quiet NaN (as torch does).

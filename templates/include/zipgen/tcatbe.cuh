@@ -1,4 +1,4 @@
-// TCA-TBE format version 1 (docs/FORMAT.md): device-side decoding of one lane's share of a strip.
+// TCA-TBE format version 2 (docs/FORMAT.md): device-side decoding of one lane's share of a strip.
 //
 // A strip is 16 rows x 64 columns. Lane l of a warp owns 32 elements, which are exactly the
 // A-operand registers of mma.sync.m16n8k16 (bf16) for the strip's four 16x16 tensor-core tiles:
@@ -46,11 +46,6 @@ __device__ __forceinline__ LaneStrip load_lane_strip(const uint4* __restrict__ s
                                                      long long strip, int lane) {
   return load_lane_strip_at(sign_mantissa + strip * (kStripElems / 16) + lane,
                             planes + strip * (kPlanes * kLanes) + lane);
-}
-
-// Bits of a lane's elements that are fallbacks (code 0); bit b = r + 16e.
-__device__ __forceinline__ unsigned fallback_mask(const LaneStrip& d) {
-  return ~(d.planes[0] | d.planes[1] | d.planes[2]);
 }
 
 // prmt.b32 with sign replication: result byte = selected byte, or 0x00/0xFF from its top bit
@@ -127,8 +122,8 @@ __device__ __forceinline__ CodeWords code_words(const LaneStrip& d) {
 }
 
 // Decode register pair r (both BF16 halves) of a lane; call it from unrolled loops only, so
-// that r is a constant (no register array is indexed at run time). base_pair = (base & 255) at
-// bits 7 and 23. Fallback halves come out with exponent `base`: patch them afterwards.
+// that r is a constant (no register array is indexed at run time). base_pair = base at bits 7
+// and 23. Fallbacks (code 0) come out with exponent `base`: patch them afterwards.
 // Four instructions per two weights: PRMT, LOP3 (and), IMAD (shift-add), LOP3 (select).
 __device__ __forceinline__ unsigned decode_pair(const LaneStrip& d, const CodeWords& c, int r,
                                                 unsigned base_pair) {
@@ -139,8 +134,8 @@ __device__ __forceinline__ unsigned decode_pair(const LaneStrip& d, const CodeWo
   // [b0, sign(b0) x 8, b1, sign(b1) x 8]: the signs land on bits 15 and 31, the mantissas on
   // 0-6 and 16-22; the bits in between are replaced by the exponents below.
   const unsigned sm = prmt(word, (r & 1) ? 0xB3A2u : 0x9180u);
-  // both 3-bit codes moved to bits 7 and 23, plus the base exponent; a carry past bit 14 or 30
-  // (base = -1) is dropped by the select
+  // both 3-bit codes moved to bits 7 and 23, plus the base exponent (base + code <= 255: no
+  // carry into the sign bits)
   const int q = r & 7;
   const unsigned exponent = and_shift_add(c.z[3 * (r >> 3) + q % 3], 0x00070007u << q, 7 - q,
                                           base_pair);
@@ -148,59 +143,24 @@ __device__ __forceinline__ unsigned decode_pair(const LaneStrip& d, const CodeWo
 }
 
 __device__ __forceinline__ unsigned base_pair_of(int base) {
-  const unsigned b = static_cast<unsigned>(base) & 0xFFu;
+  const unsigned b = static_cast<unsigned>(base);
   return (b << 7) | (b << 23);
 }
 
-// Exclusive warp scan: fallbacks in lanes below this one (all 32 lanes must call it). In PTX
-// so that each step is a shuffle whose "source lane exists" predicate guards the add (two
-// instructions; the compiler otherwise adds a compare and a select).
-__device__ __forceinline__ int lanes_below(int count) {
-  int inclusive = count;
-#pragma unroll
-  for (int d = 1; d < 32; d <<= 1) {
-    asm volatile(
-        "{\n\t.reg .s32 y;\n\t.reg .pred p;\n\t"
-        "shfl.sync.up.b32 y|p, %0, %1, 0, 0xffffffff;\n\t"
-        "@p add.s32 %0, %0, y;\n\t}"
-        : "+r"(inclusive) : "r"(d));
-  }
-  return inclusive - count;
-}
+// Fallback entries (FORMAT.md §5): record j is the 18 bits at bit 18 j of the entry stream; bits
+// 0-9 the position 32 lane + b in the strip (b = plane bit r + 16 e), bits 10-17 the exponent.
+constexpr int kEntryBits = 18;
 
-// Exclusive scan of the lanes' fallback counts. With fewer than 8 in every lane (all but ~1
-// strip in 10^4 for trained weights) three independent ballots over the count bits replace the
-// five dependent shuffles of lanes_below: a shorter dependency chain for about the same issue
-// slots (measured 1.02x on an H200, docs/ZIPGEMM.md). Otherwise (warp-uniform) the shuffle scan.
-__device__ __forceinline__ int fallbacks_below(int count) {
-  if (__any_sync(0xFFFFFFFFu, count >= 8)) return lanes_below(count);
-  unsigned lower;  // lanes below this one
-  asm("mov.u32 %0, %%lanemask_lt;" : "=r"(lower));
-  const unsigned b0 = __ballot_sync(0xFFFFFFFFu, count & 1);
-  const unsigned b1 = __ballot_sync(0xFFFFFFFFu, count & 2);
-  const unsigned b2 = __ballot_sync(0xFFFFFFFFu, count & 4);
-  return __popc(b0 & lower) + 2 * __popc(b1 & lower) + 4 * __popc(b2 & lower);
+// Record `index` from the stream as 32-bit words (4-byte aligned; the stream's padding keeps
+// the second word inside it for every record).
+__device__ __forceinline__ unsigned entry_at(const unsigned* __restrict__ words, long long index) {
+  const long long bit = index * kEntryBits;
+  const long long w = bit >> 5;
+  return __funnelshift_r(__ldg(words + w), __ldg(words + w + 1), static_cast<int>(bit & 31)) &
+         ((1u << kEntryBits) - 1);
 }
-
-// Give a lane's fallback elements their exponents: `exponents` points at the lane's first one
-// in the stream (they follow in plane-bit order) and slot_of(b) gives the 16-bit staged value
-// of plane bit b (load() / store()), which the decoder left with exponent `base`. The loop runs once per fallback
-// (~1 per lane and strip for trained weights).
-template <typename Exponents, typename SlotOf>
-__device__ __forceinline__ void patch_fallbacks(unsigned fallbacks, Exponents exponents,
-                                                SlotOf slot_of) {
-  for (unsigned m = fallbacks; m; m &= m - 1, ++exponents) {
-    const auto slot = slot_of(static_cast<unsigned>(__ffs(m) - 1));
-    slot.store((slot.load() & 0x807Fu) | (unsigned(*exponents) << 7));
-  }
-}
-
-// A staged 16-bit value behind a pointer, for patch_fallbacks.
-struct HalfAt {
-  unsigned short* p;
-  __device__ __forceinline__ unsigned load() const { return *p; }
-  __device__ __forceinline__ void store(unsigned v) const { *p = static_cast<unsigned short>(v); }
-};
+__device__ __forceinline__ unsigned entry_position(unsigned e) { return e & 1023u; }
+__device__ __forceinline__ unsigned entry_exponent(unsigned e) { return e >> 10; }
 
 // Position of a lane element inside its strip: register r = 4t + f, half e.
 __device__ __forceinline__ int element_row(int lane, int r) { return (lane >> 2) + 8 * (r & 1); }

@@ -7,9 +7,9 @@
 //      into a ring of kDepth + 1 buffers that the unrolled loop indexes statically: no moves),
 //   2. decodes two weights per four instructions and stores each lane's 16 registers to its
 //      own slice of shared memory (four 16-byte stores),
-//   3. patches the lane's few fallback weights there (exponents prefetched into a 128-byte
-//      stash), and reads its registers back (four 16-byte loads): the A fragments of the
-//      strip's four tensor-core tiles, in the order the format stores them,
+//   3. patches the strip's few fallback weights there, one entry per lane (the entries' words
+//      prefetched, one per lane), and reads its registers back (four 16-byte loads): the A
+//      fragments of the strip's four tensor-core tiles, in the order the format stores them,
 //   4. multiplies them with every token tile: the strip is decoded once, whatever M is.
 // The warps' FP32 partial sums are added in a fixed order at the end (deterministic), so the
 // result is the same on every run.
@@ -20,29 +20,24 @@
 
 namespace zipgen {
 
-constexpr int kStashBytes = 128;  // fallback exponents a warp prefetches per strip
 // A lane's staged registers: 64 bytes, padded to 80 so that the 16-byte stores and loads of
 // any 8 consecutive lanes (one shared-memory wavefront) hit 8 different 4-bank groups.
 constexpr int kLaneStageBytes = 80;
 constexpr int kWarpTileBytes = kLanes * kLaneStageBytes;
-// Shared memory: per warp its lanes' decode tiles and one fallback stash per ring buffer;
-// then (stage_x) per K slice the double buffer of staged activations (staged_activations.cuh).
-template <int kDepth>
-__host__ __device__ constexpr int warp_smem_bytes() {
-  return kWarpTileBytes + (kDepth + 1) * kStashBytes;
-}
+// Shared memory: per warp its lanes' decode tiles; then (stage_x) per K slice the double
+// buffer of staged activations (staged_activations.cuh).
 
 struct GemmArgs {
   const uint4* sign_mantissa;
   const unsigned* planes;
-  const unsigned char* fallback_exponents;
+  const unsigned* fallback_entries;  // 18-bit records as 32-bit words (FORMAT.md §5)
   const int* fallback_offsets;
   const unsigned short* x;     // [M, K] BF16 bits, row-major
   const unsigned short* bias;  // [N] BF16 bits or nullptr
   unsigned short* y;           // [M, N] BF16 bits, row-major
   int m, n, k;
   int strips_per_row_group;
-  int fallback_bytes;  // size of the (padded) fallback stream
+  int entry_words;  // size of the (padded) entry stream in 32-bit words
   int base;
 };
 
@@ -65,79 +60,53 @@ struct LaneStreams {
   __device__ __forceinline__ int offset(unsigned s) const { return __ldg(offsets + s); }
 };
 
-// Where this lane's 4 bytes of a strip's fallback exponents come from: bytes (offset & ~3) +
-// 4 lane .. + 3 of the stream, or zeros past its end. Lane-constant parts computed once.
-struct StashSource {
-  const unsigned char* lane_bytes;  // fallback_exponents + 4 lane
-  int last;                         // largest (offset & ~3) whose word is inside the stream
-
-  __device__ StashSource(const GemmArgs& a, int lane)
-      : lane_bytes(a.fallback_exponents + 4 * lane), last(a.fallback_bytes - 4 - 4 * lane) {}
-
-  __device__ __forceinline__ unsigned load(int offset) const {
-    const int at = offset & ~3;
-    return at <= last ? __ldg(reinterpret_cast<const unsigned*>(lane_bytes + at)) : 0u;
-  }
-};
-
-// A stream of bytes in shared memory (a lane's fallback exponents in the stash).
-struct SharedBytes {
-  unsigned addr;
-  __device__ __forceinline__ unsigned operator*() const { return ld_shared_u8(addr); }
-  __device__ __forceinline__ SharedBytes& operator++() { ++addr; return *this; }
-};
-
 // Everything a warp needs to multiply one strip, once its compressed words have arrived.
 struct StripInput {
   LaneStrip data;
-  unsigned stash;  // this lane's 4 bytes of the strip's fallback exponents (load_stash_word)
-  int skip;        // offset & 3: where the strip's exponents start in the stash
-  int count;       // format v2: the strip's fallback entries (offset of the next strip - offset)
+  unsigned entry_word;  // word `lane` of the entry stream from the strip's first record's word
+  int skip;             // bit of the strip's first record in the first of those words
+  int count;            // the strip's fallback entries
 };
 
-// Format version 2 (zipgen/format/codec_v2.py): the strip's fallback entries are 18-bit
-// records from bit 18 offset of the entry stream. Lane l holds word l of the stream from the
-// word holding that bit (stash), skip = 18 offset & 31.
+// Where a strip's entry words come from: lane l loads word l from the one holding the strip's
+// first record (bit 18 offset), or zero past the stream's end. Lane-constant parts held once.
 struct EntrySource {
-  const unsigned char* lane_bytes;  // entry stream + 4 lane
-  int last;                         // largest word byte offset inside the stream for this lane
+  const unsigned* lane_words;  // entry stream + lane
+  int last;                    // largest word index, from lane_words, inside the stream
 
   __device__ EntrySource(const GemmArgs& a, int lane)
-      : lane_bytes(a.fallback_exponents + 4 * lane), last(a.fallback_bytes - 4 - 4 * lane) {}
+      : lane_words(a.fallback_entries + lane), last(a.entry_words - 1 - lane) {}
 
   __device__ __forceinline__ unsigned load(int offset) const {
-    const int at = static_cast<int>((18ll * offset) >> 5) * 4;
-    return at <= last ? __ldg(reinterpret_cast<const unsigned*>(lane_bytes + at)) : 0u;
+    const int at = static_cast<int>((static_cast<long long>(kEntryBits) * offset) >> 5);
+    return at <= last ? __ldg(lane_words + at) : 0u;
   }
-  __device__ __forceinline__ static int skip(int offset) {  // only the low bits matter
-    return static_cast<int>((18u * static_cast<unsigned>(offset)) & 31u);
+  __device__ __forceinline__ static int skip(int offset) {  // only the low five bits matter
+    return static_cast<int>((kEntryBits * static_cast<unsigned>(offset)) & 31u);
   }
 };
 
-// Format v2's patch step: the warp's lanes take the strip's entries one each (a strip has
-// ~17; more than 32 take further rounds, read from global memory) and XOR the exponent into
-// the owner lane's staged register: no scan over the lanes, no per-lane loop. The decoder
-// left exponent base (code 0) in every fallback. warp_tile: lane 0's slice.
+// The patch step: the warp's lanes take the strip's entries one each (a trained strip has ~17;
+// past 32 further rounds read them from global memory) and XOR (exponent ^ base) << 7 into the
+// owner lane's staged register, which the decoder left with exponent base (code 0): no scan
+// over the lanes, no per-lane loop, no load-modify-store. Entries name distinct elements, so
+// the XORs never collide. warp_tile: lane 0's slice.
 __device__ __forceinline__ void patch_entries(const StripInput& in, int offset, unsigned warp_tile,
                                               unsigned base_field, const GemmArgs& a, int lane) {
   for (int first = 0; first < in.count; first += 32) {  // warp-uniform
     unsigned e;
-    if (first == 0) {  // from the prefetched words: two shuffles
-      const int bit = in.skip + 18 * lane;
-      const unsigned lo = __shfl_sync(0xFFFFFFFFu, in.stash, bit >> 5);
-      const unsigned hi = __shfl_sync(0xFFFFFFFFu, in.stash, (bit >> 5) + 1);
+    if (first == 0) {  // from the prefetched words: a record spans at most two of them
+      const int bit = in.skip + kEntryBits * lane;
+      const unsigned lo = __shfl_sync(0xFFFFFFFFu, in.entry_word, bit >> 5);
+      const unsigned hi = __shfl_sync(0xFFFFFFFFu, in.entry_word, (bit >> 5) + 1);
       e = __funnelshift_r(lo, hi, bit & 31);
     } else {  // rounds past the first: this lane's record straight from the stream
-      const long long bit = 18ll * (offset + first + lane);
-      const unsigned* words = reinterpret_cast<const unsigned*>(a.fallback_exponents);
-      const int w = static_cast<int>(bit >> 5);
-      e = first + lane < in.count ? __funnelshift_r(__ldg(words + w), __ldg(words + w + 1),
-                                                    static_cast<int>(bit & 31)) : 0u;
+      e = first + lane < in.count ? entry_at(a.fallback_entries, offset + first + lane) : 0u;
     }
     if (first + lane < in.count) {
-      const unsigned pos = e & 1023u, b = pos & 31u;
+      const unsigned pos = entry_position(e), b = pos & 31u;
       red_shared_xor(warp_tile + (pos >> 5) * kLaneStageBytes + 4 * (b & 15u),
-                     ((((e >> 10) & 0xFFu) << 7) ^ base_field) << (b & 16u));
+                     (((entry_exponent(e) & 0xFFu) << 7) ^ base_field) << (b & 16u));
     }
   }
 }
@@ -181,35 +150,19 @@ struct NoCopy {
   __device__ void operator()() const {}
 };
 
-// Give a lane's fallback elements their exponents in its staged registers. The decoder left
-// exponent `base` in them, so one shared XOR with (base ^ e) << 7 in the element's half sets e:
-// no load-modify-store chain (a thread's own shared accesses to one address stay in order, so
-// the A-fragment loads that follow see the result). Plane bit b = r + 16e is half e of register
-// r, the 32-bit word at byte 4r of the lane's slice; exponents follow in plane-bit order.
-template <typename Exponents>
-__device__ __forceinline__ void xor_fallbacks(unsigned fallbacks, Exponents exponents,
-                                              unsigned lane_tile, unsigned base_field) {
-  for (unsigned m = fallbacks; m; m &= m - 1, ++exponents) {
-    const unsigned b = static_cast<unsigned>(__ffs(m) - 1);
-    red_shared_xor(lane_tile + 4 * (b & 15), (((*exponents) << 7) ^ base_field) << (b & 16));
-  }
-}
-
 // Decode one strip into this lane's shared-memory slice, patch its fallbacks, and multiply
 // with the B fragments bf, which the caller loaded (direct) or which come from the staged
 // buffer `buffer`. Staged: at the first strip of a unit (first_of_unit: the warp's kRowStrips
 // strips of one K strip share their activations), once the group has synchronised, copy_next()
 // issues the next unit's copies; with kHoldB the fragments are then read into bf for the whole
 // unit, without it each tile reads its fragments just before its multiply.
-template <int kTokenTiles, bool kStageX, bool kHoldB, bool kV2, typename Staged,
-          typename CopyNext>
+template <int kTokenTiles, bool kStageX, bool kHoldB, typename Staged, typename CopyNext>
 __device__ __forceinline__ void multiply_strip(float (&acc)[kTokenTiles][4], const StripInput& in,
                                                unsigned (&bf)[kTokenTiles][4][2],
                                                bool first_of_unit, const Staged& staged,
                                                int buffer, const CopyNext& copy_next,
                                                unsigned base_pair, unsigned lane_tile,
-                                               unsigned stash, unsigned stash_lane,
-                                               const GemmArgs& a, int offset_if_overflow) {
+                                               const GemmArgs& a, int offset) {
   // 1. decode: registers 4t .. 4t + 3 are the A fragment of tile t
   const CodeWords codes = code_words(in.data);
   unsigned regs[16];
@@ -219,55 +172,20 @@ __device__ __forceinline__ void multiply_strip(float (&acc)[kTokenTiles][4], con
   for (int t = 0; t < 4; ++t)
     st_shared_v4(lane_tile + 16 * t, regs[4 * t], regs[4 * t + 1], regs[4 * t + 2], regs[4 * t + 3]);
 
-  if constexpr (kV2) {  // 2. fallbacks: the strip's entries, patched by the whole warp
-    bool synced = false;
-    if constexpr (kStageX) {
-      if (first_of_unit) {
-        staged.wait_and_sync();  // the staged registers and the unit's activations are visible
-        copy_next();
-        if constexpr (kHoldB) staged.fragments(bf, buffer);
-        synced = true;
-      }
-    }
-    if (!synced) __syncwarp();  // every lane's staged registers are written
-    patch_entries(in, offset_if_overflow, lane_tile - (threadIdx.x & 31) * kLaneStageBytes,
-                  base_pair & 0x7F80u, a, threadIdx.x & 31);
-    __syncwarp();  // the patches are visible to their owners
-  } else {
-  // 2. fallbacks: the strip's exponents follow lane by lane, each lane's in plane-bit order
-  const unsigned fallbacks = fallback_mask(in.data);
-  const int own = __popc(fallbacks);
-  const int below = fallbacks_below(own);
-  // the strip's exponents fit the stash unless the last lane's end passes it (warp-uniform)
-  const bool in_stash = !__any_sync(0xFFFFFFFFu, in.skip + below + own > kStashBytes);
-  st_shared_u32(stash_lane, in.stash);  // stash + 4 lane
+  // 2. fallbacks: the strip's entries, patched by the whole warp
   bool synced = false;
   if constexpr (kStageX) {
     if (first_of_unit) {
-      staged.wait_and_sync();  // the stash words and the unit's activations are visible
+      staged.wait_and_sync();  // the staged registers and the unit's activations are visible
       copy_next();             // nobody reads the other buffer any more
       if constexpr (kHoldB) staged.fragments(bf, buffer);
       synced = true;
     }
   }
-  if (!synced) __syncwarp();  // everybody's stash words are visible
-  const unsigned base_field = base_pair & 0x7F80u;  // base << 7
-  if (in_stash) {  // always for trained weights (~35 exponents per strip)
-    xor_fallbacks(fallbacks, SharedBytes{stash + in.skip + below}, lane_tile, base_field);
-  } else {  // the rest of a fallback-heavy strip's exponents come from global memory
-    const unsigned char* stream = a.fallback_exponents + (offset_if_overflow & ~3);
-    struct Overflow {
-      unsigned stash;
-      const unsigned char* stream;
-      int i;
-      __device__ unsigned operator*() const {
-        return i < kStashBytes ? ld_shared_u8(stash + i) : __ldg(stream + i);
-      }
-      __device__ Overflow& operator++() { ++i; return *this; }
-    };
-    xor_fallbacks(fallbacks, Overflow{stash, stream, in.skip + below}, lane_tile, base_field);
-  }
-  }
+  if (!synced) __syncwarp();  // every lane's staged registers are written
+  patch_entries(in, offset, lane_tile - (threadIdx.x & 31) * kLaneStageBytes,
+                base_pair & 0x7F80u, a, threadIdx.x & 31);
+  __syncwarp();  // the patches are visible to their owners
 
   // 3. tensor cores: the strip's 4 tiles of 16x16 (A fragments back from the lane's own
   // slice, each read once) against every token tile
@@ -303,20 +221,8 @@ struct StagingOf<true, kRowGroups, kTokenTiles, kSlices> {
   using type = StagedActivations<kRowGroups, kTokenTiles, kSlices>;
 };
 
-// Where a strip's fallback exponents come from: version 1's stash words or version 2's entries.
-template <bool kV2>
-struct FallbackSourceOf {
-  using type = StashSource;
-  __device__ static int skip(int offset) { return offset & 3; }
-};
-template <>
-struct FallbackSourceOf<true> {
-  using type = EntrySource;
-  __device__ static int skip(int offset) { return EntrySource::skip(offset); }
-};
-
 template <int kWarps, int kRowGroups, int kRowStrips, int kTokenTiles, int kDepth,
-          bool kStageX, bool kV2>
+          bool kStageX>
 __device__ __forceinline__ void zipgemm_rows(const GemmArgs& a, unsigned char* smem) {
   static_assert(kRowStrips == 1 || kRowStrips == 2, "a warp multiplies 1 or 2 strip rows");
   constexpr int kTokens = kTokenTiles * 8;
@@ -340,10 +246,7 @@ __device__ __forceinline__ void zipgemm_rows(const GemmArgs& a, unsigned char* s
   const int first_strip_row = (static_cast<int>(blockIdx.x) * kRowGroups + member) * kRowStrips;
   const int last_strip_row = (a.n - 1) / kStripRows;
   const int tok0 = blockIdx.y * kTokens;
-  unsigned char* warp_smem = smem + warp * warp_smem_bytes<kDepth>();
-  unsigned lane_tile = shared_address(warp_smem + lane * kLaneStageBytes);
-  unsigned stash_slots = shared_address(warp_smem + kWarpTileBytes);
-  unsigned stash_lane = stash_slots + 4 * lane;
+  unsigned lane_tile = shared_address(smem + warp * kWarpTileBytes + lane * kLaneStageBytes);
   const int count = slice < a.strips_per_row_group
                         ? (a.strips_per_row_group - 1 - slice) / kWarpsK + 1 : 0;
   // The last strip of a row is ragged when K is not a multiple of 64; the warps that own it
@@ -376,12 +279,12 @@ __device__ __forceinline__ void zipgemm_rows(const GemmArgs& a, unsigned char* s
     x.cols_left = cols_left_of(j);
     return x;
   };
-  // Staged: the slice's double buffer, after every warp's decode tiles and stashes; unit j
+  // Staged: the slice's double buffer, after every warp's decode tiles; unit j
   // sits in buffer j & 1, copied during unit j - 1.
   using Staging = typename StagingOf<kStageX, kRowGroups, kTokenTiles, kWarpsK>::type;
   Staging staged = [&] {
     if constexpr (kStageX) {
-      const unsigned base = shared_address(smem + kWarps * warp_smem_bytes<kDepth>()) +
+      const unsigned base = shared_address(smem + kWarps * kWarpTileBytes) +
                             slice * 2 * staged_buffer_bytes<kTokenTiles>();
       return Staging(base, member, slice, lane, x_row);
     } else {
@@ -394,8 +297,9 @@ __device__ __forceinline__ void zipgemm_rows(const GemmArgs& a, unsigned char* s
 
   // Strip i of this warp: K strip (unit) j = i / kRowStrips of its slice, strip row
   // s = i % kRowStrips; its data sits in ring[i % kBuffers], loaded at iteration i - kDepth;
-  // its fallback offset in offsets[i % kBuffers], loaded at iteration i - kBuffers, so that
-  // the stash load of strip i, issued at iteration i - 1, never waits for it. Loads past the
+  // its fallback offsets (first entry, next strip's first) in offsets / ends[i % kBuffers],
+  // loaded at iteration i - kBuffers, so that the entry-word load of strip i, issued at
+  // iteration i - 1, never waits for them. Loads past the
   // warp's last strip re-read that strip (a cache hit) instead of branching: addresses come
   // from a clamped strip index.
   LaneStreams streams(a, lane);
@@ -413,31 +317,28 @@ __device__ __forceinline__ void zipgemm_rows(const GemmArgs& a, unsigned char* s
   };
   StripInput ring[kBuffers];
   int offsets[kBuffers];
-  int ends[kBuffers];  // version 2: the next strip's offset, so that count = end - offset
+  int ends[kBuffers];  // the next strip's offset: count = end - offset
   unsigned bf[kTokenTiles][4][2];  // the current unit's B fragments (kHoldB)
-  using Fallbacks = FallbackSourceOf<kV2>;
-  typename Fallbacks::type stash_source(a, lane);
+  const EntrySource entry_source(a, lane);
   if (strips > 0) {
 #pragma unroll
     for (int d = 0; d < kBuffers; ++d) {
       if (d < kDepth) ring[d].data = streams.load(strip_at(d));
       offsets[d] = streams.offset(strip_at(d));
-      if constexpr (kV2) ends[d] = streams.offset(strip_at(d) + 1);
+      ends[d] = streams.offset(strip_at(d) + 1);
     }
-    ring[0].stash = stash_source.load(offsets[0]);
-    ring[0].skip = Fallbacks::skip(offsets[0]);
-    if constexpr (kV2) ring[0].count = ends[0] - offsets[0];
+    ring[0].entry_word = entry_source.load(offsets[0]);
+    ring[0].skip = EntrySource::skip(offsets[0]);
+    ring[0].count = ends[0] - offsets[0];
   }
   for (int i0 = 0; i0 < strips; i0 += kUnroll) {
     pin(lane_tile);
-    pin(stash_slots);
-    pin(stash_lane);
     pin(streams.sign_mantissa);
     pin(streams.planes);
     pin(streams.offsets);
     pin(base_pair);
-    pin(stash_source.lane_bytes);
-    pin(stash_source.last);
+    pin(entry_source.lane_words);
+    pin(entry_source.last);
 #pragma unroll
     for (int s = 0; s < kRowStrips; ++s) pin(row_start[s]);
     staged.pin_registers();
@@ -449,12 +350,12 @@ __device__ __forceinline__ void zipgemm_rows(const GemmArgs& a, unsigned char* s
       const int j = i0 / kRowStrips + u / kRowStrips;
       ring[(b + kDepth) % kBuffers].data = streams.load(strip_at(i + kDepth));  // slot of i - 1
       StripInput& next = ring[(b + 1) % kBuffers];  // its offset arrived kDepth strips ago
-      next.stash = stash_source.load(offsets[(b + 1) % kBuffers]);
-      next.skip = Fallbacks::skip(offsets[(b + 1) % kBuffers]);
-      if constexpr (kV2) next.count = ends[(b + 1) % kBuffers] - offsets[(b + 1) % kBuffers];
+      next.entry_word = entry_source.load(offsets[(b + 1) % kBuffers]);
+      next.skip = EntrySource::skip(offsets[(b + 1) % kBuffers]);
+      next.count = ends[(b + 1) % kBuffers] - offsets[(b + 1) % kBuffers];
       const int offset = offsets[b];
       offsets[b] = streams.offset(strip_at(i + kBuffers));  // offsets[b] is free again
-      if constexpr (kV2) ends[b] = streams.offset(strip_at(i + kBuffers) + 1);
+      ends[b] = streams.offset(strip_at(i + kBuffers) + 1);
       if constexpr (!kStageX) {  // in flight while the strip decodes
         if (s == 0) {
           const StripActivations<kTokenTiles> x = activations_of(j);
@@ -466,15 +367,13 @@ __device__ __forceinline__ void zipgemm_rows(const GemmArgs& a, unsigned char* s
           if (j + 1 < full) staged.template copy<false>(columns_of(j + 1), (j + 1) & 1, 0);
         }
       };
-      multiply_strip<kTokenTiles, kStageX, kHoldB, kV2>(
-          acc[s], ring[b], bf, s == 0, staged, j & 1, copy_next, base_pair, lane_tile,
-          stash_slots + b * kStashBytes, stash_lane + b * kStashBytes, a, offset);
+      multiply_strip<kTokenTiles, kStageX, kHoldB>(
+          acc[s], ring[b], bf, s == 0, staged, j & 1, copy_next, base_pair, lane_tile, a, offset);
     }
   }
   if (owns_ragged) {  // once per row: load it directly
     // Its activations go to buffer full & 1, which nobody has read since the last unit's
-    // barrier (staged); strip row s uses stash slot s, after the __syncwarp (the last
-    // iteration's lanes may still read any slot before it).
+    // barrier (staged).
     if constexpr (kStageX) {
       staged.template copy<true>(columns_of(full), full & 1, cols_left_of(full));
     } else {
@@ -488,12 +387,11 @@ __device__ __forceinline__ void zipgemm_rows(const GemmArgs& a, unsigned char* s
       StripInput ragged;
       ragged.data = streams.load(strip);
       const int offset = streams.offset(strip);
-      ragged.stash = stash_source.load(offset);
-      ragged.skip = Fallbacks::skip(offset);
-      if constexpr (kV2) ragged.count = streams.offset(strip + 1) - offset;
-      multiply_strip<kTokenTiles, kStageX, kHoldB, kV2>(
-          acc[s], ragged, bf, s == 0, staged, full & 1, NoCopy{}, base_pair, lane_tile,
-          stash_slots + s * kStashBytes, stash_lane + s * kStashBytes, a, offset);
+      ragged.entry_word = entry_source.load(offset);
+      ragged.skip = EntrySource::skip(offset);
+      ragged.count = streams.offset(strip + 1) - offset;
+      multiply_strip<kTokenTiles, kStageX, kHoldB>(
+          acc[s], ragged, bf, s == 0, staged, full & 1, NoCopy{}, base_pair, lane_tile, a, offset);
     }
   }
 
