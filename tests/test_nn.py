@@ -297,6 +297,11 @@ def test_embedding_state_dict_round_trip_and_errors():
     assert torch.equal(fresh(ids).view(torch.int16), ze(ids).view(torch.int16))
     with pytest.raises(InputError, match="300 x 96"):
         ZipEmbedding(200, 96).load_state_dict(ze.state_dict())
+    # the lookup index follows the streams: loading another table into a used module rebuilds it
+    other = ZipEmbedding.from_embedding(bf16_embedding(300, 96, seed=7))
+    assert fresh.index_bytes > 0 and fresh.nbytes > sum(t.numel() for t in fresh.streams())
+    fresh.load_state_dict(other.state_dict())
+    assert torch.equal(fresh(ids).view(torch.int16), other(ids).view(torch.int16))
     with pytest.raises(InputError, match="BF16"):
         ZipEmbedding.from_embedding(nn.Embedding(100, 64))
     with pytest.raises(InputError, match="max_norm"):

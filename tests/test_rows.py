@@ -1,6 +1,7 @@
 """zipgen.format.rows.decode_rows: rows of a compressed matrix decoded with gathers only (the
-embedding lookup), bit for bit against the original rows: every pattern, specials, windows at
-both ends, odd shapes, no fallbacks at all, any index layout; and no host synchronisation."""
+embedding lookup), bit for bit against the original rows, with and without the key index: every
+pattern, specials, windows at both ends, odd shapes, no fallbacks at all, any index layout; and no
+host synchronisation."""
 from __future__ import annotations
 
 import pytest
@@ -8,16 +9,19 @@ import torch
 
 import zipgen
 from zipgen.errors import InputError
-from zipgen.format.rows import decode_rows
+from zipgen.format.rows import decode_rows, entry_keys
 
 from conftest import ALL_PATTERNS, bits_of, from_bits
 from test_codec_exact import SPECIALS, _tensor_with_exponents
 
 
 def check(w: torch.Tensor, rows: torch.Tensor) -> None:
-    got = decode_rows(zipgen.compress(w), rows)
-    assert got.dtype == torch.bfloat16 and got.shape == (*rows.shape, w.shape[1])
-    assert torch.equal(bits_of(got), bits_of(w)[rows.to(torch.int64)])
+    """Both ways of finding the entries: the sorted key index and the per-strip binary search."""
+    ct = zipgen.compress(w)
+    for keys in (entry_keys(ct), None):
+        got = decode_rows(ct, rows, keys)
+        assert got.dtype == torch.bfloat16 and got.shape == (*rows.shape, w.shape[1])
+        assert torch.equal(bits_of(got), bits_of(w)[rows.to(torch.int64)])
 
 
 def gaussian(n, k, seed=0):
@@ -97,7 +101,9 @@ def test_no_host_synchronisation():
             return func(*args, **(kwargs or {}))
 
     ct = zipgen.compress(gaussian(300, 200))
+    keys = entry_keys(ct)  # built before: it reads the record count
     ids = torch.tensor([4, 299, 17])
     with Watch():
         decode_rows(ct, ids)
+        decode_rows(ct, ids, keys)
     assert seen == []

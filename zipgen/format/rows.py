@@ -2,10 +2,15 @@
 
 decompress() decodes whole matrices and reads strip boundaries back to the host. A lookup of a
 few token rows must not: every step of a serving loop runs it, inside a CUDA graph. Here each
-element finds its fallback entry on its own, by a binary search over its strip's records
-(FORMAT.md §5: in increasing position, at most 1024 per strip, so 11 halvings always finish),
-so the whole decode is a fixed sequence of gathers and integer ops on tensors whose shapes depend
-only on how many rows are asked for: no host synchronisation, capturable in a CUDA graph.
+element finds its fallback entry on its own, so the whole decode is a fixed sequence of gathers
+and integer ops on tensors whose shapes depend only on how many rows are asked for: no host
+synchronisation, capturable in a CUDA graph. Two ways to find an element's entry:
+
+* with `keys` (entry_keys(): strip * 1024 + position of every record, sorted; 4 bytes per
+  fallback, ~0.07 bit per weight), one torch.searchsorted: a handful of kernels;
+* without, a binary search over the strip's records (FORMAT.md §5: in increasing position, at
+  most 1024 per strip, so 11 halvings always finish): no extra memory, ~350 small ops, too
+  many for a serving loop's every step (ZipEmbedding keeps the keys).
 """
 from __future__ import annotations
 
@@ -14,7 +19,7 @@ from functools import lru_cache
 import torch
 
 from ..errors import InputError
-from .entries import ENTRY_BITS, POSITION_BITS, POSITION_MASK, unpack_entries
+from .entries import ENTRY_BITS, POSITION_BITS, POSITION_MASK, read_entries, unpack_entries
 from .layout import COLS_PER_STRIP, ROWS_PER_STRIP, STRIP_ELEMS, padded_shape
 from .tensor import CompressedTensor
 
@@ -40,11 +45,24 @@ def _strip_tables(device) -> tuple[torch.Tensor, torch.Tensor]:
 _SEARCH_STEPS = 11
 
 
-def decode_rows(ct: CompressedTensor, rows: torch.Tensor) -> torch.Tensor:
+def entry_keys(ct: CompressedTensor) -> torch.Tensor:
+    """strip * 1024 + position of every fallback record, in stream order (which is sorted:
+    strips in order, positions increasing), int32 where it fits; on the tensor's device. Reads
+    the record count back to the host: build it before CUDA graph capture."""
+    offsets = ct.fallback_offsets.to(torch.int64)
+    records = read_entries(ct.fallback_entries, int(offsets[-1]))
+    strips = torch.repeat_interleave(torch.arange(ct.num_strips, device=ct.device),
+                                     offsets[1:] - offsets[:-1], output_size=records.numel())
+    keys = strips * STRIP_ELEMS + (records & POSITION_MASK)
+    return keys.to(torch.int32) if ct.num_strips * STRIP_ELEMS < 2**31 else keys
+
+
+def decode_rows(ct: CompressedTensor, rows: torch.Tensor,
+                keys: torch.Tensor | None = None) -> torch.Tensor:
     """BF16 [*rows.shape, K]: rows `rows` of the matrix (integer indices in 0 .. N-1, any order,
     repeats allowed), bit for bit as decompress() gives them, on the tensor's device. Indices
     are not range-checked on the device (like F.embedding on a GPU): an out-of-range index
-    gives an indexing error or device assert."""
+    gives an indexing error or device assert. `keys`: entry_keys(ct), for the fast path."""
     if not isinstance(ct, CompressedTensor):
         raise InputError(f"expected a CompressedTensor, got {type(ct).__name__}")
     if not isinstance(rows, torch.Tensor) or rows.dtype.is_floating_point or rows.is_complex():
@@ -55,12 +73,13 @@ def decode_rows(ct: CompressedTensor, rows: torch.Tensor) -> torch.Tensor:
                          f"{ct.device}")
     flat = rows.reshape(-1).to(torch.int64)
     k = ct.shape[1]
-    parts = [_decode(ct, flat[i:i + _ROWS_PER_PASS]) for i in range(0, flat.numel(), _ROWS_PER_PASS)]
+    parts = [_decode(ct, flat[i:i + _ROWS_PER_PASS], keys)
+             for i in range(0, flat.numel(), _ROWS_PER_PASS)]
     out = torch.cat(parts) if parts else torch.empty((0, k), dtype=torch.int16, device=ct.device)
     return out.view(torch.bfloat16).view(*rows.shape, k)
 
 
-def _decode(ct: CompressedTensor, rows: torch.Tensor) -> torch.Tensor:
+def _decode(ct: CompressedTensor, rows: torch.Tensor, keys: torch.Tensor | None) -> torch.Tensor:
     """int16 [R, K] for int64 row indices [R]."""
     n, k = ct.shape
     strips_per_row = padded_shape(n, k)[1] // COLS_PER_STRIP
@@ -80,8 +99,26 @@ def _decode(ct: CompressedTensor, rows: torch.Tensor) -> torch.Tensor:
     code = mine[:, :, 0] | (mine[:, :, 1] << 1) | (mine[:, :, 2] << 2)
 
     exponent = code + ct.base
-    # fallbacks: the first record of the strip at or past the element's position, then a match
     position = 32 * lane + bit  # [R, 1, 64]
+    if keys is None:
+        found, record = _search_strips(ct, strips, position)
+    elif keys.numel():
+        query = (s * STRIP_ELEMS + position).to(keys.dtype)  # [R, S, 64]
+        index = torch.searchsorted(keys, query).clamp_(max=keys.numel() - 1)
+        found = keys[index] == query
+        record = unpack_entries(ct.fallback_entries, index)
+    else:  # no fallbacks at all
+        found = record = None
+    if found is not None:
+        exponent = torch.where(found, record >> POSITION_BITS, exponent)
+
+    value = ((sign_mantissa & 0x80) << 8) | (exponent.to(torch.int16) << 7) | (sign_mantissa & 0x7F)
+    return value.view(rows.numel(), -1)[:, :k]
+
+
+def _search_strips(ct: CompressedTensor, strips: torch.Tensor, position: torch.Tensor):
+    """(found, record) per element: the first record of its strip at or past its position, by
+    binary search, and whether that record names it."""
     first = ct.fallback_offsets[strips].to(torch.int64).unsqueeze(2)  # [R, S, 1]
     end = ct.fallback_offsets[strips + 1].to(torch.int64).unsqueeze(2)
     lo = first.expand(*strips.shape, COLS_PER_STRIP)
@@ -95,8 +132,4 @@ def _decode(ct: CompressedTensor, rows: torch.Tensor) -> torch.Tensor:
         lo = torch.where(right, mid + 1, lo)
         hi = torch.where(inside & ~right, mid, hi)
     record = unpack_entries(stream, lo.clamp(max=last))
-    found = (lo < end) & ((record & POSITION_MASK) == position)
-    exponent = torch.where(found, record >> POSITION_BITS, exponent)
-
-    value = ((sign_mantissa & 0x80) << 8) | (exponent.to(torch.int16) << 7) | (sign_mantissa & 0x7F)
-    return value.view(rows.numel(), -1)[:, :k]
+    return (lo < end) & ((record & POSITION_MASK) == position), record

@@ -99,8 +99,8 @@ class WeightMemory:
 
 
 def weight_memory(model: torch.nn.Module) -> WeightMemory:
-    """Bytes of the model's parameters and buffers, compressed layers apart. Tied (shared)
-    tensors count once."""
+    """Bytes of the model's parameters and buffers, compressed layers (with their indexes)
+    apart. Tied (shared) tensors count once."""
     layers = [m for m in model.modules() if isinstance(m, CompressedWeight)]
     zips = {id(t) for m in layers for t in m.streams()}
     compressed = raw = 0
@@ -110,5 +110,6 @@ def weight_memory(model: torch.nn.Module) -> WeightMemory:
             compressed += size
         else:
             raw += size
+    compressed += sum(m.index_bytes for m in layers)  # e.g. ZipEmbedding's lookup index
     as_bf16 = sum(2 * m.weight_shape[0] * m.weight_shape[1] for m in layers)
     return WeightMemory(compressed, raw, as_bf16)

@@ -58,8 +58,13 @@ class CompressedWeight(nn.Module):
 
     @property
     def nbytes(self) -> int:
-        """Bytes of the compressed weight."""
-        return sum(t.numel() * t.element_size() for t in self.streams())
+        """Bytes of the compressed weight, and of any index kept next to it (index_bytes)."""
+        return sum(t.numel() * t.element_size() for t in self.streams()) + self.index_bytes
+
+    @property
+    def index_bytes(self) -> int:
+        """Bytes of derived data a subclass keeps beside the streams (not in the state dict)."""
+        return 0
 
     @property
     def bits_per_weight(self) -> float:

@@ -2,8 +2,10 @@
 
 forward() decodes only the looked-up rows (zipgen.format.rows.decode_rows): a fixed sequence of
 gathers on the table's device, with no host synchronisation, so a decode step that looks up its
-tokens can be captured in a CUDA graph. A Llama-3.1-8B embedding table (128256 x 4096, 1 GB in
-BF16) takes about 0.74 GB this way.
+tokens can be captured in a CUDA graph. It finds the rows' fallback entries through a sorted
+index of them (entry_keys: 4 bytes per fallback, built at the first lookup after the table is
+set or moved; run one lookup before capturing). A Llama-3.1-8B embedding table (128256 x 4096,
+1 GB in BF16) takes about 0.74 GB this way.
 """
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ from torch import nn
 
 from ..errors import InputError
 from ..format import CompressedTensor, compress, decompress
-from ..format.rows import decode_rows
+from ..format.rows import decode_rows, entry_keys
 from .compressed import CompressedWeight
 
 
@@ -27,6 +29,7 @@ class ZipEmbedding(CompressedWeight):
         super().__init__(num_embeddings, embedding_dim, device=device)
         self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
         self.padding_idx = padding_idx  # kept for repr and round trips; inference only
+        self._keys, self._keys_of = None, None  # entry_keys() and the streams it was built from
 
     @classmethod
     def from_compressed(cls, ct: CompressedTensor, padding_idx: int | None = None) -> "ZipEmbedding":
@@ -55,7 +58,25 @@ class ZipEmbedding(CompressedWeight):
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         """BF16 [*ids.shape, embedding_dim], bit for bit the rows of the original table."""
-        return decode_rows(self.compressed_unchecked(), ids)
+        ct = self.compressed_unchecked()
+        return decode_rows(ct, ids, self._entry_keys(ct))
+
+    def _entry_keys(self, ct: CompressedTensor) -> torch.Tensor:
+        """The lookup index of the current streams; rebuilt when a load or a move replaced them
+        (they are compared by identity)."""
+        streams = (ct.fallback_entries, ct.fallback_offsets)
+        if self._keys_of is None or any(a is not b for a, b in zip(streams, self._keys_of)):
+            if ct.device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+                raise InputError("ZipEmbedding builds its lookup index on the first forward() "
+                                 "after its table was set or moved, which reads from the device: "
+                                 "run one forward() before capturing a CUDA graph")
+            self._keys, self._keys_of = entry_keys(ct), streams
+        return self._keys
+
+    @property
+    def index_bytes(self) -> int:
+        """The lookup index, once built."""
+        return self._keys.numel() * self._keys.element_size() if self._keys is not None else 0
 
     def decompressed_weight(self) -> torch.Tensor:
         """The original BF16 table, decoded whole."""
