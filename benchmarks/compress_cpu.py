@@ -339,7 +339,7 @@ def main(argv: list[str] | None = None) -> None:
           f"checkpoint: {shapes}.")
     print("entropy bound: 8 + H(exponent) bits/weight, per matrix, size-weighted; it bounds codes "
           "that store sign and mantissa raw (zipgen), not zipnn, which also codes that byte.")
-    print("coverage: share of weights whose exponent is in zipgen's 7-exponent window.")
+    print("coverage: share of weights whose exponent is in zipgen's 8-exponent window.")
     if "zipnn-mutates" in notes:
         print("zipnn: compress() rewrote its input tensor in place (sign-bit reorder); it was "
               "given fresh copies (untimed) and its output checked against the originals.")

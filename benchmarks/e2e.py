@@ -12,7 +12,7 @@ architecture on one H200 with its KV cache, or on an H100) runs; there is no BF1
 
 The model is built from the 8B configuration written below (no hub access) with SYNTHETIC
 weights: each matrix N(0, sigma) in BF16 with sigma from SIGMA (magnitudes like those of trained
-Llama-class checkpoints, not measured from the real one; sigma only moves the 7-exponent window,
+Llama-class checkpoints, not measured from the real one; sigma only moves the 8-exponent window,
 so the compression ratio of Gaussian weights barely depends on it), RMSNorm weights 1. With
 random weights the greedy tokens are meaningless and their logits nearly tied, so the fused
 kernel's different summation order can flip an argmax early; `--path decode` (decode + cuBLAS,

@@ -183,10 +183,10 @@ def compress(w: torch.Tensor, name: str = "tensor") -> CompressedTensor:
     )
 
 
-def _checked_entries(ct: CompressedTensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(int64 offsets [S + 1], int64 records [T]), or FormatError when the offsets or the
-    records break FORMAT.md §5: offsets never decrease, a strip's records have increasing
-    positions, each names an exponent outside the window."""
+def _checked_entries(ct: CompressedTensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(int64 offsets [S + 1], int64 records [T], int64 strip of each record [T]), or
+    FormatError when the offsets or the records break FORMAT.md §5: offsets never decrease, a
+    strip's records have increasing positions, each names an exponent outside the window."""
     offsets = ct.fallback_offsets.to(torch.int64)
     counts = offsets[1:] - offsets[:-1]
     if bool((counts < 0).any()):
@@ -200,7 +200,7 @@ def _checked_entries(ct: CompressedTensor) -> tuple[torch.Tensor, torch.Tensor]:
     if bool((((records >> POSITION_BITS) - ct.base) & 0xFF < WINDOW).any()):
         raise FormatError("a fallback entry holds an exponent inside the window: the data is "
                           "corrupt")
-    return offsets, records
+    return offsets, records, strip
 
 
 def decompress_reference(ct: CompressedTensor) -> torch.Tensor:
@@ -211,7 +211,7 @@ def decompress_reference(ct: CompressedTensor) -> torch.Tensor:
     np_, kp = padded_shape(n, k)
     strips_per_row_group = kp // 64
     device = ct.device
-    offsets, records = _checked_entries(ct)
+    offsets, records, record_strips = _checked_entries(ct)
     chunks = _row_chunks(np_, kp, device)
     bounds = offsets[[r // 16 * strips_per_row_group for c in chunks for r in c]].tolist()
     out = torch.empty((n, k), dtype=torch.int16, device=device)
@@ -223,9 +223,7 @@ def decompress_reference(ct: CompressedTensor) -> torch.Tensor:
         codes = _unpack_codes(ct.planes[s0:s1]).view(-1)
         exponent = codes + ct.base  # uint8; then the entries overwrite the fallbacks'
         mine = records[f0:f1]
-        strip = torch.searchsorted(offsets[s0 + 1:s1 + 1], torch.arange(f0, f1, device=device),
-                                   right=True)  # chunk-local strip of each record
-        where = strip * STRIP_ELEMS + (mine & POSITION_MASK)
+        where = (record_strips[f0:f1] - s0) * STRIP_ELEMS + (mine & POSITION_MASK)
         if bool((codes[where] != 0).any()):
             raise FormatError("a fallback's code is not 0: the data is corrupt")
         exponent[where] = (mine >> POSITION_BITS).to(torch.uint8)

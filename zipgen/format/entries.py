@@ -38,20 +38,37 @@ def pack_entries(records: torch.Tensor) -> torch.Tensor:
     return stream.to(torch.uint8)
 
 
+def last_readable(stream: torch.Tensor) -> int:
+    """The largest record index unpack_entries may be given for this stream without reading
+    past its end (callers clamp speculative indices to it and mask the results)."""
+    return max(0, (stream.numel() // 4 - 2) * 32 // ENTRY_BITS)
+
+
 def unpack_entries(stream: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """The int64 records at int64 indices `index` (any shape) of a pack_entries stream; pure
-    gathers, so usable inside CUDA graph capture. Indices must lie inside the stream."""
+    """The int64 records at int64 indices `index` (any shape, each <= last_readable(stream))
+    of a pack_entries stream: two gathers of the 32-bit words holding each record, so usable
+    inside CUDA graph capture."""
+    words = _words(stream)
     bit = index * ENTRY_BITS
-    byte = bit >> 3
-    word = stream[byte].to(torch.int64)
-    for j in range(1, 4):
-        word |= stream[byte + j].to(torch.int64) << (8 * j)
-    return (word >> (bit & 7)) & ((1 << ENTRY_BITS) - 1)
+    w = bit >> 5
+    pair = (words[w].to(torch.int64) & 0xFFFFFFFF) | (words[w + 1].to(torch.int64) << 32)
+    return (pair >> (bit & 31)) & ((1 << ENTRY_BITS) - 1)  # bits past 63 never needed: <= 49
+
+
+def _words(stream: torch.Tensor) -> torch.Tensor:
+    """The stream as little-endian int32 words (a view when its start is 4-byte aligned)."""
+    if stream.numel() % 4:
+        raise FormatError(f"fallback entry stream of {stream.numel()} bytes is not a whole "
+                          f"number of 32-bit words: the data is truncated")
+    try:
+        return stream.view(torch.int32)
+    except RuntimeError:  # a view starting off a 4-byte boundary: copy
+        return stream.clone().view(torch.int32)
 
 
 def read_entries(stream: torch.Tensor, count: int) -> torch.Tensor:
     """Records 0 .. count - 1, checking that the stream holds them."""
-    if count and ENTRY_BITS * (count - 1) // 8 + 3 >= stream.numel():
+    if count and count - 1 > last_readable(stream):
         raise FormatError(f"fallback entry stream of {stream.numel()} bytes ends before record "
                           f"{count - 1}: the data is truncated")
     return unpack_entries(stream, torch.arange(count, dtype=torch.int64, device=stream.device))

@@ -19,7 +19,7 @@ from functools import lru_cache
 import torch
 
 from ..errors import InputError
-from .entries import ENTRY_BITS, POSITION_BITS, POSITION_MASK, read_entries, unpack_entries
+from .entries import POSITION_BITS, POSITION_MASK, last_readable, read_entries, unpack_entries
 from .layout import COLS_PER_STRIP, ROWS_PER_STRIP, STRIP_ELEMS, padded_shape
 from .tensor import CompressedTensor
 
@@ -124,8 +124,8 @@ def _search_strips(ct: CompressedTensor, strips: torch.Tensor, position: torch.T
     lo = first.expand(*strips.shape, COLS_PER_STRIP)
     hi = end.expand_as(lo)
     stream = ct.fallback_entries
-    last = max(0, (stream.numel() - 4) * 8 // ENTRY_BITS)  # records past it would read past
-    for _ in range(_SEARCH_STEPS):                          # the stream; the search masks them
+    last = last_readable(stream)  # records past it would read past the stream; the search
+    for _ in range(_SEARCH_STEPS):  # masks them
         mid = (lo + hi) >> 1
         inside = mid < hi
         right = inside & ((unpack_entries(stream, mid.clamp(max=last)) & POSITION_MASK) < position)
