@@ -71,5 +71,5 @@ def test_fields_are_the_values_of_valid_configs():
     space = enumerate_space("zipgemm", "sm_80", 128)
     assert space.fields["token_tiles"] == (8,)
     assert space.fields["stage_x"] == (False, True)
-    # 16 warps x 64 tokens x 4 buffers of stash, staged, overflow sm_80's shared memory
+    # 16 warps with 8 staged token tiles (16 K slices x 2 x 8 x 1152 B) overflow sm_80's shared memory
     assert ZipGemmConfig(16, 8, 4, 1, True) not in space.valid
