@@ -10,6 +10,7 @@ import torch
 import zipgen
 from zipgen.errors import FormatError
 from zipgen.format.codec import _unpack_codes
+from zipgen.format.rows import entry_keys
 from zipgen.format.entries import (ENTRY_BITS, POSITION_BITS, POSITION_MASK, entry_stream_bytes,
                                    pack_entries, read_entries, unpack_entries)
 
@@ -61,11 +62,14 @@ def heavy():
 
 
 def test_decreasing_offsets_are_refused(heavy):
+    """By the decoder and by the row lookup's index (the embedding path)."""
     bad = heavy.fallback_offsets.clone()
     first, second = int(bad[1]), int(bad[2])
     bad[1], bad[2] = second + 1, first  # strip 1 would hold a negative count
     with pytest.raises(FormatError, match="decrease"):
         zipgen.decompress(replace(heavy, fallback_offsets=bad))
+    with pytest.raises(FormatError, match="decrease"):
+        entry_keys(replace(heavy, fallback_offsets=bad))
 
 
 def test_entries_out_of_order_are_refused(heavy):

@@ -183,10 +183,12 @@ def compress(w: torch.Tensor, name: str = "tensor") -> CompressedTensor:
     )
 
 
-def _checked_entries(ct: CompressedTensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(int64 offsets [S + 1], int64 records [T], int64 strip of each record [T]), or
-    FormatError when the offsets or the records break FORMAT.md §5: offsets never decrease, a
-    strip's records have increasing positions, each names an exponent outside the window."""
+def checked_entries(ct: CompressedTensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
+                                                  torch.Tensor]:
+    """(offsets [S + 1], records [T], the strip of each record [T], its key strip * 1024 +
+    position [T]), all int64, or FormatError when the offsets or the records break FORMAT.md
+    §5: offsets never decrease, a strip's records have increasing positions (so the keys are
+    sorted), each names an exponent outside the window. Reads values back to the host."""
     offsets = ct.fallback_offsets.to(torch.int64)
     counts = offsets[1:] - offsets[:-1]
     if bool((counts < 0).any()):
@@ -200,7 +202,7 @@ def _checked_entries(ct: CompressedTensor) -> tuple[torch.Tensor, torch.Tensor, 
     if bool((((records >> POSITION_BITS) - ct.base) & 0xFF < WINDOW).any()):
         raise FormatError("a fallback entry holds an exponent inside the window: the data is "
                           "corrupt")
-    return offsets, records, strip
+    return offsets, records, strip, key
 
 
 def decompress_reference(ct: CompressedTensor) -> torch.Tensor:
@@ -211,7 +213,7 @@ def decompress_reference(ct: CompressedTensor) -> torch.Tensor:
     np_, kp = padded_shape(n, k)
     strips_per_row_group = kp // 64
     device = ct.device
-    offsets, records, record_strips = _checked_entries(ct)
+    offsets, records, record_strips, _ = checked_entries(ct)
     chunks = _row_chunks(np_, kp, device)
     bounds = offsets[[r // 16 * strips_per_row_group for c in chunks for r in c]].tolist()
     out = torch.empty((n, k), dtype=torch.int16, device=device)

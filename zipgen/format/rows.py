@@ -19,7 +19,8 @@ from functools import lru_cache
 import torch
 
 from ..errors import InputError
-from .entries import POSITION_BITS, POSITION_MASK, last_readable, read_entries, unpack_entries
+from .codec import checked_entries
+from .entries import POSITION_BITS, POSITION_MASK, last_readable, unpack_entries
 from .layout import COLS_PER_STRIP, ROWS_PER_STRIP, STRIP_ELEMS, padded_shape
 from .tensor import CompressedTensor
 
@@ -46,14 +47,10 @@ _SEARCH_STEPS = 11
 
 
 def entry_keys(ct: CompressedTensor) -> torch.Tensor:
-    """strip * 1024 + position of every fallback record, in stream order (which is sorted:
-    strips in order, positions increasing), int32 where it fits; on the tensor's device. Reads
-    the record count back to the host: build it before CUDA graph capture."""
-    offsets = ct.fallback_offsets.to(torch.int64)
-    records = read_entries(ct.fallback_entries, int(offsets[-1]))
-    strips = torch.repeat_interleave(torch.arange(ct.num_strips, device=ct.device),
-                                     offsets[1:] - offsets[:-1], output_size=records.numel())
-    keys = strips * STRIP_ELEMS + (records & POSITION_MASK)
+    """strip * 1024 + position of every fallback record, sorted (the stream's order), int32
+    where it fits; on the tensor's device. Checks the entries (FormatError if corrupt) and reads
+    values back to the host: build it before CUDA graph capture."""
+    keys = checked_entries(ct)[3]
     return keys.to(torch.int32) if ct.num_strips * STRIP_ELEMS < 2**31 else keys
 
 
