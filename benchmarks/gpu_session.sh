@@ -9,6 +9,8 @@
 #   tests     pytest -m gpu (default: every tests/test_gpu_*.py, or the pytest args given)
 #   sanitize  compute-sanitizer memcheck + racecheck of benchmarks/sanitize.py
 #   tune      zipgen tune for the models in ZIPGEN_TUNE_MODELS (default: Llama-3.1-8B and 70B)
+#             at the M buckets in ZIPGEN_TUNE_MS (default 1,8,16,32,64,128: the switch point
+#             cannot move past the largest tuned bucket)
 #             into $OUT/tuning_db (copy it to tuning_db/ to ship it); later stages use it
 #   bench     benchmarks/decode.py and gemm.py (ZIPGEN_BENCHMARKS overrides: "" runs none)
 #   e2e       benchmarks/e2e.py (Llama-3.1-8B architecture, batches 1, 8, 32)
@@ -42,7 +44,7 @@ if stage tune; then
   mkdir -p "$ZIPGEN_TUNING_DB" && cp tuning_db/*.jsonl "$ZIPGEN_TUNING_DB"/ 2>/dev/null
   arch=$(python -c "import torch; from zipgen.codegen import arch_for_capability as a; print(a(torch.cuda.get_device_capability()))")
   for model in ${ZIPGEN_TUNE_MODELS:-llama-3.1-8b llama-3.1-70b}; do
-    python -m zipgen tune --arch "$arch" --model "$model" --m 1,8,16,32 --op all --trials 40 \
+    python -m zipgen tune --arch "$arch" --model "$model" --m "${ZIPGEN_TUNE_MS:-1,8,16,32,64,128}" --op all --trials 40 \
       --quiet 2>&1 | tee "$OUT/tune-$model.txt" | tail -3
   done
 elif [ -d "$OUT/tuning_db" ]; then
