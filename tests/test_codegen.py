@@ -339,8 +339,8 @@ def test_config_from_command_line_numbers():
 def test_wgmma_configs_are_valid_only_where_the_warpgroup_fits():
     from zipgen.codegen import ZipGemmConfig
     ok = ZipGemmConfig(8, 4, 1, 4, True, 1, True)
-    assert not ok.problems(arch_traits("sm_90a"))
-    assert any("sm_90a" in p for p in ok.problems(arch_traits("sm_90")))
+    assert not ok.problems(arch_traits("sm_90a")) and not ok.problems(arch_traits("sm_90"))
+    assert any("needs an sm_90 GPU" in p for p in ok.problems(arch_traits("sm_89")))
     for bad in (ZipGemmConfig(8, 4, 1, 2, True, 1, True), ZipGemmConfig(8, 4, 1, 4, False, 1, True),
                 ZipGemmConfig(8, 4, 1, 4, True, 2, True)):
         assert any("warpgroup" in p for p in bad.problems(arch_traits("sm_90a"))), bad
@@ -370,10 +370,14 @@ def test_wgmma_kernels_compile_to_warpgroup_mma():
 
 
 def test_wgmma_kernels_are_built_for_sm_90a_only():
-    from zipgen.codegen import ZipGemmConfig
-    from zipgen.runtime.kernels import kernel_arch
+    """An sm_90 device runs a wgmma configuration from an sm_90a cubin: rendering, compiling,
+    the tuner, bundles and the runtime all go through codegen.compile_arch."""
+    from zipgen.codegen import ZipGemmConfig, compile_arch, render
     cfg = ZipGemmConfig(8, 4, 1, 4, True, 1, True)
-    assert kernel_arch("sm_90", cfg) == "sm_90a"
-    assert kernel_arch("sm_90", ZipGemmConfig()) == "sm_90"
+    assert compile_arch("sm_90", cfg) == "sm_90a"
+    assert compile_arch("sm_90", ZipGemmConfig()) == "sm_90"
+    assert compile_arch("sm_80", cfg) == "sm_80"
+    rendered = render("zipgemm", "sm_90", cfg)
+    assert rendered.arch == "sm_90a" and "sm90a" in rendered.kernel_name
     with pytest.raises(InputError, match="needs an sm_90 GPU"):
-        kernel_arch("sm_80", cfg)
+        render("zipgemm", "sm_80", cfg)

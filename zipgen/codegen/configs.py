@@ -106,8 +106,8 @@ class ZipGemmConfig(_Config):
         if not isinstance(self.wgmma, bool):
             out.append(f"wgmma={self.wgmma!r} is not a bool")
         elif self.wgmma:
-            if not arch.wgmma:
-                out.append(f"wgmma=True needs sm_90a, not {arch.name}")
+            if not arch.tma:  # sm_90 / sm_90a: compiled for sm_90a (codegen.compile_arch)
+                out.append(f"wgmma=True needs an sm_90 GPU (H100 / H200), not {arch.name}")
             if not (self.stage_x is True and self.row_groups == 4 and self.row_strips == 1):
                 out.append("wgmma=True needs stage_x=True, row_groups=4 and row_strips=1 (the 4 "
                            "row groups of a K slice form the warpgroup)")

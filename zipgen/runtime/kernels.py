@@ -11,8 +11,8 @@ import numpy as np
 import torch
 
 from ..bundle.loader import resolve_kernel
-from ..codegen import arch_for_capability
-from ..errors import InputError, ZipgenError
+from ..codegen import arch_for_capability, compile_arch
+from ..errors import ZipgenError
 
 _lock = threading.Lock()
 _kernels: dict[tuple, object] = {}
@@ -40,17 +40,6 @@ def _make_current(device_index: int) -> None:
         _current_devices.add(key)
 
 
-def kernel_arch(arch: str, config) -> str:
-    """The arch a kernel is built for on a device of `arch`: sm_90a for the configurations that
-    use Hopper-only instructions (wgmma), whose cubins load only on compute capability 9.0."""
-    if getattr(config, "wgmma", False):
-        if arch != "sm_90":
-            raise InputError(f"{config.describe()} uses wgmma, which needs an sm_90 GPU "
-                             f"(H100 / H200), not {arch}")
-        return "sm_90a"
-    return arch
-
-
 # Shared memory a kernel may use without opting in (every arch zipgen supports).
 _STATIC_SMEM_LIMIT = 48 * 1024
 
@@ -58,7 +47,7 @@ _STATIC_SMEM_LIMIT = 48 * 1024
 def get_kernel(op: str, config, device: torch.device):
     """The loaded kernel for `config` on `device` (from a bundle, the cache, or NVRTC)."""
     index = device.index if device.index is not None else torch.cuda.current_device()
-    arch = kernel_arch(device_arch(torch.device("cuda", index)), config)
+    arch = compile_arch(device_arch(torch.device("cuda", index)), config)
     key = (index, op, arch, config)
     kernel = _kernels.get(key)
     if kernel is None:
