@@ -15,11 +15,12 @@ from test_gpu_gemm import activations, assert_close, make, poisoned, reference
 pytestmark = [pytest.mark.gpu, requires_gpu]
 
 
-def _hopper() -> bool:
-    return torch.cuda.is_available() and torch.cuda.get_device_capability() == (9, 0)
+def _other_gpu() -> bool:
+    """A GPU that is not sm_90 (without a GPU, requires_gpu gives the skip reason)."""
+    return torch.cuda.is_available() and torch.cuda.get_device_capability() != (9, 0)
 
 
-hopper_only = pytest.mark.skipif(not _hopper(), reason="wgmma runs on sm_90 GPUs only "
+hopper_only = pytest.mark.skipif(_other_gpu(), reason="wgmma runs on sm_90 GPUs only "
                                  "(H100 / H200); this GPU is another arch")
 
 # warps (multiples of the 4-warp warpgroup), token tiles, depth; row_groups = 4, staged
