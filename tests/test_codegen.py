@@ -381,3 +381,16 @@ def test_wgmma_kernels_are_built_for_sm_90a_only():
     assert rendered.arch == "sm_90a" and "sm90a" in rendered.kernel_name
     with pytest.raises(InputError, match="needs an sm_90 GPU"):
         render("zipgemm", "sm_80", cfg)
+
+
+def test_wgmma_kernels_are_not_serialized_by_ptxas():
+    """ptxas serializes wgmmas (performance advisory C7515) when non-wgmma code touches their
+    accumulators between issue and wait; the kernel waits right after each strip's commit."""
+    from zipgen.codegen import ZipGemmConfig, render
+    from zipgen.codegen.build import include_dir
+    from zipgen.compile.nvrtc import compile_cubin
+    for cfg in (ZipGemmConfig(4, 4, 1, 4, True, 1, True), ZipGemmConfig(8, 2, 2, 4, True, 1, True)):
+        rendered = render("zipgemm", "sm_90", cfg)
+        log = compile_cubin(rendered.source, rendered.arch, options=("-Xptxas=-v",),
+                            include_dirs=(include_dir(),)).log
+        assert "Used" in log and "C7515" not in log and " 0 bytes spill stores" in log, log[-2000:]
