@@ -1,7 +1,7 @@
 """ZipGEMM's wgmma variant (ZipGemmConfig.wgmma, sm_90a) against the mma.sync kernel and
 cuBLAS, same process, same run.
 
-    python benchmarks/wgmma_ab.py [--json out.json] [--models 8b,70b] [--ms 8,16,32,64]
+    python benchmarks/wgmma_ab.py [--json out.json] [--models 8b,70b] [--ms 8,16,32,64,128]
 
 Per cell: cuBLAS (F.linear on the BF16 weights), the mma.sync kernel with the runtime's
 configuration (the tuned winner, else fused_config), and the best of a small set of wgmma
@@ -17,7 +17,7 @@ import json
 import torch
 import torch.nn.functional as F
 
-from zipgen.codegen import ZipGemmConfig
+from zipgen.codegen import ZipGemmConfig, arch_traits
 from zipgen.runtime import fused_config, gemm
 from zipgen.tune import dispatch
 
@@ -31,15 +31,18 @@ def relative_error(y, x, w):
 
 
 def wgmma_configs(m: int) -> list[ZipGemmConfig]:
-    tiles = next(t for t in (1, 2, 4, 8) if 8 * t >= m) if m <= 64 else 8
-    return [ZipGemmConfig(w, tiles, d, 4, True, 1, True) for w in (4, 8, 16) for d in (1, 2)]
+    """Warps 4 / 8 / 16 x depth 1 / 2 at the token tiles that cover M (16 at most: 128 tokens);
+    those that fit the GPU's shared memory."""
+    tiles = next((t for t in (1, 2, 4, 8, 16) if 8 * t >= m), 16)
+    configs = [ZipGemmConfig(w, tiles, d, 4, True, 1, True) for w in (4, 8, 16) for d in (1, 2)]
+    return [c for c in configs if not c.problems(arch_traits("sm_90a"))]
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--json")
     ap.add_argument("--models", default="8b,70b")
-    ap.add_argument("--ms", default="8,16,32,64")
+    ap.add_argument("--ms", default="8,16,32,64,128")
     args = ap.parse_args()
     print(header("wgmma variant vs mma.sync vs cuBLAS (benchmarks/wgmma_ab.py)"))
     print("| layer | M | cuBLAS µs | mma.sync µs | best wgmma µs | wgmma config | mma.sync "

@@ -389,7 +389,8 @@ def test_wgmma_kernels_are_not_serialized_by_ptxas():
     from zipgen.codegen import ZipGemmConfig, render
     from zipgen.codegen.build import include_dir
     from zipgen.compile.nvrtc import compile_cubin
-    for cfg in (ZipGemmConfig(4, 4, 1, 4, True, 1, True), ZipGemmConfig(8, 2, 2, 4, True, 1, True)):
+    for cfg in (ZipGemmConfig(4, 4, 1, 4, True, 1, True), ZipGemmConfig(8, 2, 2, 4, True, 1, True),
+                ZipGemmConfig(4, 16, 1, 4, True, 1, True)):  # m64n128: 64 accumulators
         rendered = render("zipgemm", "sm_90", cfg)
         log = compile_cubin(rendered.source, rendered.arch, options=("-Xptxas=-v",),
                             include_dirs=(include_dir(),)).log

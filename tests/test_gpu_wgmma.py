@@ -26,7 +26,7 @@ hopper_only = pytest.mark.skipif(_other_gpu(), reason="wgmma runs on sm_90 GPUs 
 # warps (multiples of the 4-warp warpgroup), token tiles, depth; row_groups = 4, staged
 CONFIGS = [ZipGemmConfig(w, t, d, 4, True, 1, True)
            for w, t, d in [(4, 1, 1), (4, 2, 2), (4, 4, 1), (4, 8, 1), (8, 2, 1), (8, 4, 2),
-                           (16, 1, 1), (16, 4, 1)]]
+                           (16, 1, 1), (16, 4, 1), (4, 16, 1), (8, 16, 2)]]
 
 
 @hopper_only
@@ -38,6 +38,19 @@ def test_configs_on_a_ragged_matrix(cfg, m):
     w, ct = make(300, 1608, seed=m)
     x = activations(m, 1608, seed=m)
     out = poisoned(m, 300)
+    gemm(x, ct, out=out, config=cfg, fused=True)
+    assert_close(out, reference(x, w))
+
+
+@hopper_only
+@pytest.mark.parametrize("cfg", CONFIGS[-2:], ids=["w4t16", "w8t16d2"])
+@pytest.mark.parametrize("m", [128, 200])
+def test_128_tokens_per_cta(cfg, m):
+    """m64n128k16: 64 accumulators per thread; M = 200 needs two CTAs along M, the second
+    partial."""
+    w, ct = make(512, 4096, seed=m)
+    x = activations(m, 4096, seed=m)
+    out = poisoned(m, 512)
     gemm(x, ct, out=out, config=cfg, fused=True)
     assert_close(out, reference(x, w))
 

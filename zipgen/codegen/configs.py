@@ -93,8 +93,11 @@ class ZipGemmConfig(_Config):
         out = []
         if self.warps_per_cta not in (1, 2, 4, 8, 16):
             out.append(f"warps_per_cta={self.warps_per_cta} is not 1, 2, 4, 8 or 16")
-        if self.token_tiles not in (1, 2, 4, 8):
-            out.append(f"token_tiles={self.token_tiles} is not 1, 2, 4 or 8")
+        if self.token_tiles not in (1, 2, 4, 8, 16):
+            out.append(f"token_tiles={self.token_tiles} is not 1, 2, 4, 8 or 16")
+        elif self.token_tiles == 16 and self.wgmma is not True:
+            out.append("token_tiles=16 (128 tokens per CTA) needs wgmma=True: 64 accumulators "
+                       "per thread are too many for the mma.sync path")
         if self.depth not in (1, 2, 3, 4):
             out.append(f"depth={self.depth} is not 1, 2, 3 or 4")
         if not isinstance(self.stage_x, bool):
