@@ -109,7 +109,8 @@ struct StagedActivations {
         // a zero-filled chunk still needs a valid address: the row at the strip's first column
         const bool in = !kRagged || column + 8 * h < cols_left;
         const unsigned short* from = src[u] + offset;
-        cp_async_16(copy_to + b * kBufferBytes + u * kRowStep * kXPitchBytes + (h ? (kSwizzled ? second : 16) : 0),
+        const int chunk_at = h ? (kSwizzled ? second : 16) : 0;
+        cp_async_16(copy_to + b * kBufferBytes + u * kRowStep * kXPitchBytes + chunk_at,
                     in ? from + 8 * h : from - column, in ? 16u : 0u);
       }
     }
