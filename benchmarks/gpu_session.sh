@@ -14,6 +14,8 @@
 #             into $OUT/tuning_db (copy it to tuning_db/ to ship it); later stages use it
 #   bench     benchmarks/decode.py and gemm.py (ZIPGEN_BENCHMARKS overrides: "" runs none)
 #   e2e       benchmarks/e2e.py (Llama-3.1-8B architecture, batches 1, 8, 32)
+#   wgmma     tests/test_gpu_wgmma.py, then benchmarks/wgmma_ab.py (the sm_90a warpgroup-MMA
+#             variant against the mma.sync kernel and cuBLAS)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/zipgen-out}; mkdir -p "$OUT"
@@ -54,6 +56,11 @@ if stage bench; then
   for b in ${ZIPGEN_BENCHMARKS-decode gemm}; do
     python benchmarks/$b.py --json "$OUT/$b.json" 2>&1 | tee "$OUT/$b.md" | grep -v Warning | tail -4
   done
+fi
+if stage wgmma; then
+  python -m pytest -m gpu -q -p no:cacheprovider tests/test_gpu_wgmma.py 2>&1 \
+    | tee "$OUT/wgmma_tests.txt" | tail -3
+  python benchmarks/wgmma_ab.py --json "$OUT/wgmma_ab.json" 2>&1 | tee "$OUT/wgmma_ab.md" | tail -12
 fi
 if stage e2e; then
   python benchmarks/e2e.py --json "$OUT/e2e.json" 2>&1 | tee "$OUT/e2e.md" | tail -6

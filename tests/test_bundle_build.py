@@ -297,3 +297,22 @@ def test_a_damaged_cubin_is_an_error_without_jit_and_skipped_with_it(copy, modul
     got = resolve_kernel("decode", "sm_90")
     assert got.origin == "cache" and cubin_sm(got.cubin) == 90
     assert "trying the next source" in caplog.text and DECODE90 in caplog.text
+
+
+def test_a_wgmma_winner_ships_as_an_sm_90a_cubin_that_the_runtime_finds(tmp_path, monkeypatch):
+    """A tuned wgmma configuration of an sm_90 device is compiled for sm_90a
+    (codegen.compile_arch), verified, and resolved from the bundle without NVRTC."""
+    wgmma = ZipGemmConfig(8, 4, 1, 4, True, 1, True)
+    db = tmp_path / "tuning.jsonl"
+    db.write_text(_record("ok", "zipgemm", "sm_90", wgmma.as_dict()) + "\n")
+    result = build_bundle(["sm_90"], db=db, out=tmp_path / "bundle")
+    entry = next(e for e in result.manifest.kernels if entry_config(e) == wgmma)
+    assert entry.arch == "sm_90a" and entry.tuned and entry.kernel_name.endswith("_wg")
+    assert cubin_sm((result.path / entry.cubin).read_bytes()) == 90
+    assert verify_bundle(result.path) == result.manifest
+    _forbid_nvrtc(monkeypatch)
+    monkeypatch.setenv(loader.ENV_BUNDLE_DIR, str(result.path))
+    monkeypatch.setenv(loader.ENV_DISABLE_JIT, "1")
+    for arch in ("sm_90", "sm_90a"):  # the device's arch, or the one compile_arch gives
+        got = resolve_kernel("zipgemm", arch, wgmma)
+        assert got.origin == f"bundle {result.path}" and got.kernel_name == entry.kernel_name

@@ -331,3 +331,67 @@ def test_config_from_command_line_numbers():
         4, 4, 2, 4, True, 2)
     assert ZipGemmConfig.from_numbers(["8", "1"]) == ZipGemmConfig(8, 1)  # the rest: defaults
     assert DecodeConfig.from_numbers(["2", "4"]) == DecodeConfig(2, 4)
+
+
+# --- the wgmma variant (sm_90a) ----------------------------------------------------------------
+
+
+def test_wgmma_configs_are_valid_only_where_the_warpgroup_fits():
+    from zipgen.codegen import ZipGemmConfig
+    ok = ZipGemmConfig(8, 4, 1, 4, True, 1, True)
+    assert not ok.problems(arch_traits("sm_90a")) and not ok.problems(arch_traits("sm_90"))
+    assert any("needs an sm_90 GPU" in p for p in ok.problems(arch_traits("sm_89")))
+    for bad in (ZipGemmConfig(8, 4, 1, 2, True, 1, True), ZipGemmConfig(8, 4, 1, 4, False, 1, True),
+                ZipGemmConfig(8, 4, 1, 4, True, 2, True)):
+        assert any("warpgroup" in p for p in bad.problems(arch_traits("sm_90a"))), bad
+    assert ok.kernel_name(arch_traits("sm_90a")).endswith("_wg")
+    # 128-byte swizzle atoms instead of 144-byte rows, plus 1 KiB to align them
+    plain = ZipGemmConfig(8, 4, 1, 4, True, 1, False)
+    assert ok.smem_bytes == plain.smem_bytes - 2 * 2 * 4 * 8 * 16 + 1024
+
+
+def test_wgmma_kernels_compile_to_warpgroup_mma():
+    """The warpgroup's 4 k16 steps per strip are HGMMA instructions (3 code paths: loop body,
+    its unrolled copy, the ragged strip), fenced and waited for; no ldmatrix."""
+    tool = _cuobjdump()
+    from cuda.pathfinder import find_nvidia_binary_utility
+    if tool is None or find_nvidia_binary_utility("nvdisasm") is None:
+        pytest.skip("cuobjdump / nvdisasm not found (pip install nvidia-cuda-cuobjdump "
+                    "nvidia-cuda-nvdisasm)")
+    from zipgen.codegen import ZipGemmConfig
+    from zipgen.compile.sass import sass_rows
+    for cfg in (ZipGemmConfig(4, 4, 1, 4, True, 1, True), ZipGemmConfig(16, 1, 2, 4, True, 1, True)):
+        ops = [op.lstrip("@") for _, op, _ in sass_rows(build_kernel("zipgemm", "sm_90a", cfg).cubin, tool)]
+        assert sum(op.startswith("HGMMA") for op in ops) >= 8, cfg
+        assert any(op.startswith("WARPGROUP.ARRIVE") for op in ops)
+        assert any(op.startswith("WARPGROUP.DEPBAR") for op in ops)
+        assert any(op.startswith("FENCE.VIEW.ASYNC.S") for op in ops)
+        assert not any(op.startswith(("LDSM", "HMMA")) for op in ops)
+
+
+def test_wgmma_kernels_are_built_for_sm_90a_only():
+    """An sm_90 device runs a wgmma configuration from an sm_90a cubin: rendering, compiling,
+    the tuner, bundles and the runtime all go through codegen.compile_arch."""
+    from zipgen.codegen import ZipGemmConfig, compile_arch, render
+    cfg = ZipGemmConfig(8, 4, 1, 4, True, 1, True)
+    assert compile_arch("sm_90", cfg) == "sm_90a"
+    assert compile_arch("sm_90", ZipGemmConfig()) == "sm_90"
+    assert compile_arch("sm_80", cfg) == "sm_80"
+    rendered = render("zipgemm", "sm_90", cfg)
+    assert rendered.arch == "sm_90a" and "sm90a" in rendered.kernel_name
+    with pytest.raises(InputError, match="needs an sm_90 GPU"):
+        render("zipgemm", "sm_80", cfg)
+
+
+def test_wgmma_kernels_are_not_serialized_by_ptxas():
+    """ptxas serializes wgmmas (performance advisory C7515) when non-wgmma code touches their
+    accumulators between issue and wait; the kernel waits right after each strip's commit."""
+    from zipgen.codegen import ZipGemmConfig, render
+    from zipgen.codegen.build import include_dir
+    from zipgen.compile.nvrtc import compile_cubin
+    for cfg in (ZipGemmConfig(4, 4, 1, 4, True, 1, True), ZipGemmConfig(8, 2, 2, 4, True, 1, True),
+                ZipGemmConfig(4, 16, 1, 4, True, 1, True)):  # m64n128: 64 accumulators
+        rendered = render("zipgemm", "sm_90", cfg)
+        log = compile_cubin(rendered.source, rendered.arch, options=("-Xptxas=-v",),
+                            include_dirs=(include_dir(),)).log
+        assert "Used" in log and "C7515" not in log and " 0 bytes spill stores" in log, log[-2000:]

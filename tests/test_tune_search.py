@@ -84,7 +84,7 @@ def test_tpe_for_big_spaces_prunes_invalid_proposals_without_measuring(tmp_path,
     assert len(study.trials) == 30
     assert study.trials[0].params == {f: getattr(fused_config(1, N, K), f)
                                       for f in ("warps_per_cta", "token_tiles", "depth",
-                                                "row_groups", "stage_x", "row_strips")}
+                                                "row_groups", "stage_x", "row_strips", "wgmma")}
     valid = set(enumerate_space("zipgemm", "sm_80", 1).valid)
     assert all(ZipGemmConfig(**c) in valid for op, c, _ in fake.calls if op == "zipgemm")
     for tr in study.trials:

@@ -36,13 +36,15 @@ def test_kept_configs_are_valid_and_rejected_ones_say_why(arch, op, bucket):
         assert reasons and all(isinstance(r, str) and r for r in reasons)
     if op == "zipgemm":
         tiles = {c.token_tiles for c in space.valid}
-        assert tiles == set(token_tiles_for(bucket)) and len(tiles) <= 2
-        assert all(8 * t >= bucket for t in tiles) or tiles == {8}
+        # 16 token tiles are for wgmma configurations (sm_90) only
+        assert tiles == set(token_tiles_for(bucket)) - ({16} if arch not in ("sm_90", "sm_90a") else set())
+        assert all(8 * t >= bucket for t in tiles) or tiles <= {8, 16}
 
 
 def test_token_tiles_per_bucket():
-    assert [token_tiles_for(b) for b in M_BUCKETS] == [(1, 2), (1, 2), (2, 4), (4, 8), (8,),
-                                                       (8,), (8,)]
+    assert [token_tiles_for(b) for b in M_BUCKETS] == [(1, 2), (1, 2), (2, 4), (4, 8), (8, 16),
+                                                       (8, 16), (8, 16)]
+    assert all(c.wgmma for c in enumerate_space("zipgemm", "sm_90", 128).valid if c.token_tiles == 16)
 
 
 def test_rejection_reasons_name_the_cause():

@@ -172,7 +172,7 @@ def build_bundle(arches, db=None, out=None, *, overwrite: bool = False) -> Build
         entries = []
         for op, arch, cfg, is_default, is_tuned in jobs:
             built = build_kernel(op, arch, cfg)
-            path = tmp / arch / f"{built.kernel_name}.cubin"
+            path = tmp / built.rendered.arch / f"{built.kernel_name}.cubin"  # sm_90a: wgmma
             path.parent.mkdir(exist_ok=True)
             path.write_bytes(built.cubin)
             usage = resource_usage(tool, path).get(built.kernel_name) if tool else None

@@ -150,6 +150,8 @@ def resolve_kernel(op: str, arch: str, config=None) -> ResolvedKernel:
     cfg = config if config is not None else default_config(op, arch_traits(arch))
     rendered = render(op, arch, cfg)  # InputError for an invalid config; the source is checked
 
+    arch = rendered.arch  # sm_90a for a wgmma configuration (codegen.compile_arch)
+
     def found(cubin: bytes, origin: str) -> ResolvedKernel:
         log.debug("%s: from %s", rendered.kernel_name, origin)
         return ResolvedKernel(op, arch, cfg, rendered.kernel_name, cubin, origin)

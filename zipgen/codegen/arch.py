@@ -54,3 +54,10 @@ def arch_for_capability(capability: tuple[int, int]) -> str:
         raise InputError(f"no supported arch runs on compute capability {major}.{minor}; "
                          f"zipgen supports {', '.join(ARCHES)}")
     return max(candidates, key=lambda a: a.capability).name
+
+
+def compile_arch(arch: str, config) -> str:
+    """The arch a config's kernel is compiled for on a GPU of `arch`: configurations that use
+    Hopper-only instructions (ZipGemmConfig.wgmma) become sm_90a cubins, which load on compute
+    capability 9.0 only; everything else keeps `arch`."""
+    return "sm_90a" if arch == "sm_90" and getattr(config, "wgmma", False) else arch

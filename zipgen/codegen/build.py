@@ -30,7 +30,7 @@ class BuiltKernel:
 
 def build_kernel(op: str, arch: str, config=None) -> BuiltKernel:
     """The cubin of one kernel, compiled with NVRTC or taken from the cache."""
-    rendered = render(op, arch, config)
-    entry = get_or_compile(rendered.source, arch, op, rendered.config.as_dict(),
+    rendered = render(op, arch, config)  # its arch: sm_90a for wgmma configurations
+    entry = get_or_compile(rendered.source, rendered.arch, op, rendered.config.as_dict(),
                            options=_OPTIONS, include_dirs=(include_dir(),))
     return BuiltKernel(rendered, entry)

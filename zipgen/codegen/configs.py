@@ -82,6 +82,9 @@ class ZipGemmConfig(_Config):
     # read once, halving the B-fragment traffic per weight (ldmatrix, at M > 8) for more
     # registers (zipgemm_kernel.cuh)
     row_strips: int = 1
+    # Hopper warpgroup MMA (sm_90a only; wgmma.cuh): the 4 row groups of a K slice are one
+    # warpgroup that reads the staged activations once, instead of each warp through ldmatrix
+    wgmma: bool = False
 
     op = "zipgemm"
     template = "zipgemm.cu.j2"
@@ -90,8 +93,11 @@ class ZipGemmConfig(_Config):
         out = []
         if self.warps_per_cta not in (1, 2, 4, 8, 16):
             out.append(f"warps_per_cta={self.warps_per_cta} is not 1, 2, 4, 8 or 16")
-        if self.token_tiles not in (1, 2, 4, 8):
-            out.append(f"token_tiles={self.token_tiles} is not 1, 2, 4 or 8")
+        if self.token_tiles not in (1, 2, 4, 8, 16):
+            out.append(f"token_tiles={self.token_tiles} is not 1, 2, 4, 8 or 16")
+        elif self.token_tiles == 16 and self.wgmma is not True:
+            out.append("token_tiles=16 (128 tokens per CTA) needs wgmma=True: 64 accumulators "
+                       "per thread are too many for the mma.sync path")
         if self.depth not in (1, 2, 3, 4):
             out.append(f"depth={self.depth} is not 1, 2, 3 or 4")
         if not isinstance(self.stage_x, bool):
@@ -100,6 +106,14 @@ class ZipGemmConfig(_Config):
             out.append(f"row_strips={self.row_strips} is not 1 or 2")
         if self.row_groups not in (1, 2, 4) or self.warps_per_cta % self.row_groups:
             out.append(f"row_groups={self.row_groups} is not 1, 2 or 4 dividing warps_per_cta")
+        if not isinstance(self.wgmma, bool):
+            out.append(f"wgmma={self.wgmma!r} is not a bool")
+        elif self.wgmma:
+            if not arch.tma:  # sm_90 / sm_90a: compiled for sm_90a (codegen.compile_arch)
+                out.append(f"wgmma=True needs an sm_90 GPU (H100 / H200), not {arch.name}")
+            if not (self.stage_x is True and self.row_groups == 4 and self.row_strips == 1):
+                out.append("wgmma=True needs stage_x=True, row_groups=4 and row_strips=1 (the 4 "
+                           "row groups of a K slice form the warpgroup)")
         if not out and self.smem_bytes > arch.max_smem_per_block:
             out.append(f"{self.smem_bytes} B of shared memory exceed {arch.name}'s "
                        f"{arch.max_smem_per_block} B")
@@ -123,7 +137,9 @@ class ZipGemmConfig(_Config):
         # token tile)
         tiles = self.warps_per_cta * 32 * 80
         if self.stage_x:
-            tiles += self.warps_per_cta // self.row_groups * 2 * self.token_tiles * 8 * 144
+            pitch = 128 if self.wgmma else 144  # wgmma: 128-byte swizzle atoms, 1024-aligned
+            tiles += (self.warps_per_cta // self.row_groups * 2 * self.token_tiles * 8 * pitch
+                      + (1024 if self.wgmma else 0))
         # FP32 partial sums per warp and strip row, token-major with 4 words of padding per
         # token (reuses the tiles)
         partials = (self.warps_per_cta * self.row_strips * 16 + 4) * self.tokens * 4
@@ -132,7 +148,8 @@ class ZipGemmConfig(_Config):
     def kernel_name(self, arch: ArchTraits) -> str:
         return (f"zipgemm_{arch.short}_r{self.rows}_t{self.tokens}_w{self.warps_per_cta}"
                 f"_d{self.depth}" + ("_sx" if self.stage_x else "")
-                + (f"_s{self.row_strips}" if self.row_strips > 1 else ""))
+                + (f"_s{self.row_strips}" if self.row_strips > 1 else "")
+                + ("_wg" if self.wgmma else ""))
 
     @property
     def rows(self) -> int:

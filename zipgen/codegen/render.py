@@ -9,7 +9,7 @@ import jinja2
 
 from .. import FORMAT_VERSION, __version__
 from ..errors import InputError
-from .arch import arch_traits
+from .arch import arch_traits, compile_arch
 from .configs import OPS
 
 _SOURCE_TREE_TEMPLATES = Path(__file__).resolve().parents[2] / "templates"
@@ -53,10 +53,11 @@ def render(op: str, arch: str, config=None) -> RenderedKernel:
     config, with every reason."""
     if op not in OPS:
         raise InputError(f"unknown op {op!r}; known: {', '.join(OPS)}")
-    traits = arch_traits(arch)
     cfg = config if config is not None else OPS[op]()
     if not isinstance(cfg, OPS[op]):
         raise InputError(f"{op} needs a {OPS[op].__name__}, got {type(cfg).__name__}")
+    arch = compile_arch(arch, cfg)  # sm_90 + wgmma: an sm_90a kernel
+    traits = arch_traits(arch)
     problems = cfg.problems(traits)
     if problems:
         raise InputError(f"invalid {op} config for {arch} ({cfg.describe()}): "

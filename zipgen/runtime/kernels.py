@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from ..bundle.loader import resolve_kernel
-from ..codegen import arch_for_capability
+from ..codegen import arch_for_capability, compile_arch
 from ..errors import ZipgenError
 
 _lock = threading.Lock()
@@ -47,7 +47,7 @@ _STATIC_SMEM_LIMIT = 48 * 1024
 def get_kernel(op: str, config, device: torch.device):
     """The loaded kernel for `config` on `device` (from a bundle, the cache, or NVRTC)."""
     index = device.index if device.index is not None else torch.cuda.current_device()
-    arch = device_arch(torch.device("cuda", index))
+    arch = compile_arch(device_arch(torch.device("cuda", index)), config)
     key = (index, op, arch, config)
     kernel = _kernels.get(key)
     if kernel is None:

@@ -10,17 +10,20 @@ from ..codegen import OPS, arch_traits
 # The values the tuner tries per config field (a subset of what the configs accept: one-warp
 # fused CTAs never won a sweep, BENCHMARKS.md).
 VALUES: dict[str, dict[str, tuple]] = {
-    "zipgemm": {"warps_per_cta": (2, 4, 8, 16), "token_tiles": (1, 2, 4, 8),
+    "zipgemm": {"warps_per_cta": (2, 4, 8, 16), "token_tiles": (1, 2, 4, 8, 16),
                 "depth": (1, 2, 3, 4), "row_groups": (1, 2, 4), "stage_x": (False, True),
-                "row_strips": (1, 2)},
+                "row_strips": (1, 2), "wgmma": (False, True)},
     "decode": {"warps_per_cta": (1, 2, 4, 8, 16), "strips_per_warp": (1, 2, 4, 8)},
 }
 
 
 def token_tiles_for(m_bucket: int) -> tuple[int, ...]:
     """Token tiles (8 tokens each) worth trying for M tokens: the two smallest that cover M in
-    one CTA along M; more tokens per CTA than that only compute padding."""
-    return tuple([t for t in VALUES["zipgemm"]["token_tiles"] if 8 * t >= m_bucket][:2]) or (8,)
+    one CTA along M (more tokens per CTA than that only compute padding); past 64 tokens the
+    largest of each path: 8 (mma.sync) and 16 (wgmma only)."""
+    if m_bucket > 64:
+        return (8, 16)
+    return tuple([t for t in VALUES["zipgemm"]["token_tiles"] if 8 * t >= m_bucket][:2])
 
 
 def _tiles_reason(tiles: int, useful: tuple[int, ...], m_bucket: int) -> str:

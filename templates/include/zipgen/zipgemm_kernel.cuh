@@ -86,6 +86,13 @@ struct EntrySource {
   }
 };
 
+// Set the exponent of the element entry e names in its owner lane's staged register.
+__device__ __forceinline__ void xor_entry(unsigned e, unsigned warp_tile, unsigned base_field) {
+  const unsigned pos = entry_position(e), b = pos & 31u;
+  red_shared_xor(warp_tile + (pos >> 5) * kLaneStageBytes + 4 * (b & 15u),
+                 (((entry_exponent(e) & 0xFFu) << 7) ^ base_field) << (b & 16u));
+}
+
 // The patch step: the warp's lanes take the strip's entries one each (a trained strip has ~17;
 // past 32 further rounds read them from global memory) and XOR (exponent ^ base) << 7 into the
 // owner lane's staged register, which the decoder left with exponent base (code 0): no scan
@@ -93,21 +100,15 @@ struct EntrySource {
 // the XORs never collide. warp_tile: lane 0's slice.
 __device__ __forceinline__ void patch_entries(const StripInput& in, int offset, unsigned warp_tile,
                                               unsigned base_field, const GemmArgs& a, int lane) {
-  for (int first = 0; first < in.count; first += 32) {  // warp-uniform
-    unsigned e;
-    if (first == 0) {  // from the prefetched words: a record spans at most two of them
-      const int bit = in.skip + kEntryBits * lane;
-      const unsigned lo = __shfl_sync(0xFFFFFFFFu, in.entry_word, bit >> 5);
-      const unsigned hi = __shfl_sync(0xFFFFFFFFu, in.entry_word, (bit >> 5) + 1);
-      e = __funnelshift_r(lo, hi, bit & 31);
-    } else {  // rounds past the first: this lane's record straight from the stream
-      e = first + lane < in.count ? entry_at(a.fallback_entries, offset + first + lane) : 0u;
-    }
-    if (first + lane < in.count) {
-      const unsigned pos = entry_position(e), b = pos & 31u;
-      red_shared_xor(warp_tile + (pos >> 5) * kLaneStageBytes + 4 * (b & 15u),
-                     (((entry_exponent(e) & 0xFFu) << 7) ^ base_field) << (b & 16u));
-    }
+  // the first 32 entries from the prefetched words: a record spans at most two of them
+  const int bit = in.skip + kEntryBits * lane;
+  const unsigned lo = __shfl_sync(0xFFFFFFFFu, in.entry_word, bit >> 5);
+  const unsigned hi = __shfl_sync(0xFFFFFFFFu, in.entry_word, (bit >> 5) + 1);
+  if (lane < in.count) xor_entry(__funnelshift_r(lo, hi, bit & 31), warp_tile, base_field);
+  // rounds past the first (warp-uniform, rare in trained weights): records from the stream
+  if (in.count > 32) {
+    for (int j = 32 + lane; j - lane < in.count; j += 32)
+      if (j < in.count) xor_entry(entry_at(a.fallback_entries, offset + j), warp_tile, base_field);
   }
 }
 
@@ -156,7 +157,8 @@ struct NoCopy {
 // strips of one K strip share their activations), once the group has synchronised, copy_next()
 // issues the next unit's copies; with kHoldB the fragments are then read into bf for the whole
 // unit, without it each tile reads its fragments just before its multiply.
-template <int kTokenTiles, bool kStageX, bool kHoldB, typename Staged, typename CopyNext>
+template <int kTokenTiles, bool kStageX, bool kHoldB, bool kWgmma, typename Staged,
+          typename CopyNext>
 __device__ __forceinline__ void multiply_strip(float (&acc)[kTokenTiles][4], const StripInput& in,
                                                unsigned (&bf)[kTokenTiles][4][2],
                                                bool first_of_unit, const Staged& staged,
@@ -189,7 +191,20 @@ __device__ __forceinline__ void multiply_strip(float (&acc)[kTokenTiles][4], con
 
   // 3. tensor cores: the strip's 4 tiles of 16x16 (A fragments back from the lane's own
   // slice, each read once) against every token tile
-  if constexpr (kStageX && !kHoldB) {
+  if constexpr (kWgmma) {  // the warpgroup's 64 rows x all tokens per tile, B from shared memory
+    unsigned af[4][4];
+#pragma unroll
+    for (int t = 0; t < 4; ++t) {
+      const uint4 v = ld_shared_v4(lane_tile + 16 * t);
+      af[t][0] = v.x, af[t][1] = v.y, af[t][2] = v.z, af[t][3] = v.w;
+    }
+    wgmma_fence();  // the A registers and the accumulators are written before the wgmmas
+#pragma unroll
+    for (int t = 0; t < 4; ++t) wgmma_bf16<kTokenTiles>(acc, af[t], staged.descriptor(buffer, t));
+    wgmma_commit();
+    wgmma_wait_all();  // acc is read again by the next strip; the buffer is refilled after
+                       // the next barrier
+  } else if constexpr (kStageX && !kHoldB) {
 #pragma unroll
     for (int t = 0; t < 4; ++t) {
       const uint4 v = ld_shared_v4(lane_tile + 16 * t);
@@ -212,19 +227,22 @@ __device__ __forceinline__ void multiply_strip(float (&acc)[kTokenTiles][4], con
 struct NoStaging {
   __device__ void pin_registers() {}
 };
-template <bool kStageX, int kRowGroups, int kTokenTiles, int kSlices>
+template <bool kStageX, int kRowGroups, int kTokenTiles, int kSlices, bool kSwizzled>
 struct StagingOf {
   using type = NoStaging;
 };
-template <int kRowGroups, int kTokenTiles, int kSlices>
-struct StagingOf<true, kRowGroups, kTokenTiles, kSlices> {
-  using type = StagedActivations<kRowGroups, kTokenTiles, kSlices>;
+template <int kRowGroups, int kTokenTiles, int kSlices, bool kSwizzled>
+struct StagingOf<true, kRowGroups, kTokenTiles, kSlices, kSwizzled> {
+  using type = StagedActivations<kRowGroups, kTokenTiles, kSlices, kSwizzled>;
 };
 
 template <int kWarps, int kRowGroups, int kRowStrips, int kTokenTiles, int kDepth,
-          bool kStageX>
+          bool kStageX, bool kWgmma = false>
 __device__ __forceinline__ void zipgemm_rows(const GemmArgs& a, unsigned char* smem) {
   static_assert(kRowStrips == 1 || kRowStrips == 2, "a warp multiplies 1 or 2 strip rows");
+  // wgmma: the 4 warps of a K slice (row groups) are one warpgroup, warp w its rows 16 w
+  static_assert(!kWgmma || (kStageX && kRowGroups == 4 && kRowStrips == 1),
+                "the wgmma variant needs staged activations, 4 row groups, 1 strip row");
   constexpr int kTokens = kTokenTiles * 8;
   constexpr int kWarpsK = kWarps / kRowGroups;  // warps sharing one row group split its K
   constexpr int kBuffers = kDepth + 1;          // strips loaded ahead + the one being used
@@ -281,11 +299,12 @@ __device__ __forceinline__ void zipgemm_rows(const GemmArgs& a, unsigned char* s
   };
   // Staged: the slice's double buffer, after every warp's decode tiles; unit j
   // sits in buffer j & 1, copied during unit j - 1.
-  using Staging = typename StagingOf<kStageX, kRowGroups, kTokenTiles, kWarpsK>::type;
+  using Staging = typename StagingOf<kStageX, kRowGroups, kTokenTiles, kWarpsK, kWgmma>::type;
   Staging staged = [&] {
     if constexpr (kStageX) {
-      const unsigned base = shared_address(smem + kWarps * kWarpTileBytes) +
-                            slice * 2 * staged_buffer_bytes<kTokenTiles>();
+      unsigned first = shared_address(smem + kWarps * kWarpTileBytes);
+      if constexpr (kWgmma) first = (first + 1023u) & ~1023u;  // swizzle atoms: 1024-aligned
+      const unsigned base = first + slice * 2 * staged_buffer_bytes<kTokenTiles, kWgmma>();
       return Staging(base, member, slice, lane, x_row);
     } else {
       return Staging{};
@@ -319,7 +338,7 @@ __device__ __forceinline__ void zipgemm_rows(const GemmArgs& a, unsigned char* s
   int offsets[kBuffers];
   int ends[kBuffers];  // the next strip's offset: count = end - offset
   unsigned bf[kTokenTiles][4][2];  // the current unit's B fragments (kHoldB)
-  const EntrySource entry_source(a, lane);
+  EntrySource entry_source(a, lane);  // not const: pin() rewrites its members
   if (strips > 0) {
 #pragma unroll
     for (int d = 0; d < kBuffers; ++d) {
@@ -367,7 +386,7 @@ __device__ __forceinline__ void zipgemm_rows(const GemmArgs& a, unsigned char* s
           if (j + 1 < full) staged.template copy<false>(columns_of(j + 1), (j + 1) & 1, 0);
         }
       };
-      multiply_strip<kTokenTiles, kStageX, kHoldB>(
+      multiply_strip<kTokenTiles, kStageX, kHoldB, kWgmma>(
           acc[s], ring[b], bf, s == 0, staged, j & 1, copy_next, base_pair, lane_tile, a, offset);
     }
   }
@@ -390,7 +409,7 @@ __device__ __forceinline__ void zipgemm_rows(const GemmArgs& a, unsigned char* s
       ragged.entry_word = entry_source.load(offset);
       ragged.skip = EntrySource::skip(offset);
       ragged.count = streams.offset(strip + 1) - offset;
-      multiply_strip<kTokenTiles, kStageX, kHoldB>(
+      multiply_strip<kTokenTiles, kStageX, kHoldB, kWgmma>(
           acc[s], ragged, bf, s == 0, staged, full & 1, NoCopy{}, base_pair, lane_tile, a, offset);
     }
   }
