@@ -19,6 +19,22 @@ __device__ __forceinline__ void wgmma_commit() {
 __device__ __forceinline__ void wgmma_wait_all() {
   asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
 }
+// Keeps the compiler from moving or reusing registers that an in-flight wgmma reads or
+// writes (the accumulators, the register A fragments) across this point: ptxas serializes
+// the wgmmas (advisory C7515) when other instructions touch them before the wait.
+template <int kTiles>
+__device__ __forceinline__ void wgmma_fence_accumulators(float (&d)[kTiles][4]) {
+#pragma unroll
+  for (int t = 0; t < kTiles; ++t)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) asm volatile("" : "+f"(d[t][i])::"memory");
+}
+__device__ __forceinline__ void wgmma_fence_fragments(unsigned (&a)[4][4]) {
+#pragma unroll
+  for (int t = 0; t < 4; ++t)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) asm volatile("" : "+r"(a[t][i])::"memory");
+}
 // Makes this thread's generic-proxy writes to shared memory (cp.async included) visible to the
 // async proxy that wgmma reads through; then a barrier orders them before the wgmma.
 __device__ __forceinline__ void fence_proxy_async_shared() {

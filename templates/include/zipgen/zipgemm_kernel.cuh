@@ -156,7 +156,8 @@ struct NoCopy {
 // buffer `buffer`. Staged: at the first strip of a unit (first_of_unit: the warp's kRowStrips
 // strips of one K strip share their activations), once the group has synchronised, copy_next()
 // issues the next unit's copies; with kHoldB the fragments are then read into bf for the whole
-// unit, without it each tile reads its fragments just before its multiply.
+// unit, without it each tile reads its fragments just before its multiply. wgmma: af holds the
+// A fragments of the strip last issued, whose wgmmas stay in flight unless wait_now.
 template <int kTokenTiles, bool kStageX, bool kHoldB, bool kWgmma, typename Staged,
           typename CopyNext>
 __device__ __forceinline__ void multiply_strip(float (&acc)[kTokenTiles][4], const StripInput& in,
@@ -164,7 +165,8 @@ __device__ __forceinline__ void multiply_strip(float (&acc)[kTokenTiles][4], con
                                                bool first_of_unit, const Staged& staged,
                                                int buffer, const CopyNext& copy_next,
                                                unsigned base_pair, unsigned lane_tile,
-                                               const GemmArgs& a, int offset) {
+                                               const GemmArgs& a, int offset,
+                                               unsigned (&af)[4][4], bool wait_now) {
   // 1. decode: registers 4t .. 4t + 3 are the A fragment of tile t
   const CodeWords codes = code_words(in.data);
   unsigned regs[16];
@@ -174,6 +176,15 @@ __device__ __forceinline__ void multiply_strip(float (&acc)[kTokenTiles][4], con
   for (int t = 0; t < 4; ++t)
     st_shared_v4(lane_tile + 16 * t, regs[4 * t], regs[4 * t + 1], regs[4 * t + 2], regs[4 * t + 3]);
 
+  // the previous strip's wgmmas (if in flight during this decode) are done before the
+  // barrier lets their buffer be refilled and before their A registers are rewritten
+  if constexpr (kWgmma) {
+    wgmma_fence_accumulators(acc);
+    wgmma_fence_fragments(af);
+    wgmma_wait_all();
+    wgmma_fence_accumulators(acc);
+    wgmma_fence_fragments(af);
+  }
   // 2. fallbacks: the strip's entries, patched by the whole warp
   bool synced = false;
   if constexpr (kStageX) {
@@ -192,7 +203,6 @@ __device__ __forceinline__ void multiply_strip(float (&acc)[kTokenTiles][4], con
   // 3. tensor cores: the strip's 4 tiles of 16x16 (A fragments back from the lane's own
   // slice, each read once) against every token tile
   if constexpr (kWgmma) {  // the warpgroup's 64 rows x all tokens per tile, B from shared memory
-    unsigned af[4][4];
 #pragma unroll
     for (int t = 0; t < 4; ++t) {
       const uint4 v = ld_shared_v4(lane_tile + 16 * t);
@@ -202,8 +212,13 @@ __device__ __forceinline__ void multiply_strip(float (&acc)[kTokenTiles][4], con
 #pragma unroll
     for (int t = 0; t < 4; ++t) wgmma_bf16<kTokenTiles>(acc, af[t], staged.descriptor(buffer, t));
     wgmma_commit();
-    wgmma_wait_all();  // acc is read again by the next strip; the buffer is refilled after
-                       // the next barrier
+    wgmma_fence_accumulators(acc);
+    wgmma_fence_fragments(af);
+    if (wait_now) {  // else in flight until the next strip's wait
+      wgmma_wait_all();
+      wgmma_fence_accumulators(acc);
+      wgmma_fence_fragments(af);
+    }
   } else if constexpr (kStageX && !kHoldB) {
 #pragma unroll
     for (int t = 0; t < 4; ++t) {
@@ -248,7 +263,12 @@ __device__ __forceinline__ void zipgemm_rows(const GemmArgs& a, unsigned char* s
   constexpr int kBuffers = kDepth + 1;          // strips loaded ahead + the one being used
   // strips per unrolled loop body: a multiple of both, so that ring slot and strip row are
   // constants in it
-  constexpr int kUnroll = kBuffers * kRowStrips;
+  // wgmma with up to 32 tokens: a strip's wgmmas run on during the next strip's decode (5-6 %
+  // faster at M = 32 on an H200), except across the loop's back edge, where ptxas would
+  // serialize them (C7515), so the body is twice as long. At 64 and 128 tokens the overlap
+  // measured 15 % slower (more live registers), so each strip waits for its own.
+  constexpr bool kOverlapWgmma = kWgmma && kTokenTiles <= 4;
+  constexpr int kUnroll = kBuffers * kRowStrips * (kOverlapWgmma ? 2 : 1);
   // the B fragments stay in registers for a unit's strips (direct: always; staged: when the
   // unit has several strips), or each tile reads them from the staged buffer (staged, one)
   constexpr bool kHoldB = !kStageX || kRowStrips > 1;
@@ -338,6 +358,7 @@ __device__ __forceinline__ void zipgemm_rows(const GemmArgs& a, unsigned char* s
   int offsets[kBuffers];
   int ends[kBuffers];  // the next strip's offset: count = end - offset
   unsigned bf[kTokenTiles][4][2];  // the current unit's B fragments (kHoldB)
+  unsigned af[4][4] = {};  // wgmma: the A fragments of the strip last issued
   EntrySource entry_source(a, lane);  // not const: pin() rewrites its members
   if (strips > 0) {
 #pragma unroll
@@ -387,7 +408,8 @@ __device__ __forceinline__ void zipgemm_rows(const GemmArgs& a, unsigned char* s
         }
       };
       multiply_strip<kTokenTiles, kStageX, kHoldB, kWgmma>(
-          acc[s], ring[b], bf, s == 0, staged, j & 1, copy_next, base_pair, lane_tile, a, offset);
+          acc[s], ring[b], bf, s == 0, staged, j & 1, copy_next, base_pair, lane_tile, a, offset,
+          af, !kOverlapWgmma || u == kUnroll - 1);
     }
   }
   if (owns_ragged) {  // once per row: load it directly
@@ -410,10 +432,16 @@ __device__ __forceinline__ void zipgemm_rows(const GemmArgs& a, unsigned char* s
       ragged.skip = EntrySource::skip(offset);
       ragged.count = streams.offset(strip + 1) - offset;
       multiply_strip<kTokenTiles, kStageX, kHoldB, kWgmma>(
-          acc[s], ragged, bf, s == 0, staged, full & 1, NoCopy{}, base_pair, lane_tile, a, offset);
+          acc[s], ragged, bf, s == 0, staged, full & 1, NoCopy{}, base_pair, lane_tile, a, offset,
+          af, true);
     }
   }
 
+  if constexpr (kWgmma) {  // the last strip's wgmmas
+    wgmma_fence_accumulators(acc[0]);
+    wgmma_wait_all();
+    wgmma_fence_accumulators(acc[0]);
+  }
   // Sum each strip row's K-slice partials in slice order and write BF16 rows of y.
   __syncthreads();
   // [kTokens][kPitch]: token t's partial of row rr of strip row s of warp w at
