@@ -81,16 +81,36 @@ def test_tpe_for_big_spaces_prunes_invalid_proposals_without_measuring(tmp_path,
     t.run()
     (_, _, _, study), = t.studies
     assert isinstance(study.sampler, optuna.samplers.TPESampler)
-    assert len(study.trials) == 30
-    assert study.trials[0].params == {f: getattr(fused_config(1, N, K), f)
-                                      for f in ("warps_per_cta", "token_tiles", "depth",
-                                                "row_groups", "stage_x", "row_strips", "wgmma")}
+    inside = [tr for tr in study.trials if tr.user_attrs.get("status") != "constraint"]
+    assert len({tr.user_attrs["config"] for tr in inside}) == 30  # distinct configs measured
+    assert study.trials[0].user_attrs["config"] == fused_config(1, N, K).describe()
+    assert "wgmma" not in study.trials[0].params  # no wgmma on sm_80: set, not sampled
     valid = set(enumerate_space("zipgemm", "sm_80", 1).valid)
     assert all(ZipGemmConfig(**c) in valid for op, c, _ in fake.calls if op == "zipgemm")
     for tr in study.trials:
         assert tr.value is None or math.isfinite(tr.value)
         if tr.user_attrs.get("status") == "constraint":
             assert tr.state == optuna.trial.TrialState.PRUNED
+
+
+def test_tpe_sets_the_fields_that_the_sampled_ones_determine(tmp_path, built):
+    """On sm_90 a wgmma config needs row_groups=4, stage_x and one strip row: sampled
+    independently, 1 wgmma proposal in 8 would be valid; set, every one is (and few proposals
+    of any kind fall outside the space)."""
+    t = search.Tuner(search.Options([("t", N, K)], ms=(32,), ops=("zipgemm",), trials=40, seed=1),
+                     search.Target("sm_90", "Fake H100", 132), TuningDB(tmp_path),
+                     measurer=FakeMeasurer())
+    t.run()
+    (_, _, _, study), = t.studies
+    wgmma = [tr for tr in study.trials if tr.params.get("wgmma")]
+    assert wgmma and all(set(tr.params) == {"wgmma", "token_tiles", "warps_per_cta", "depth"}
+                         for tr in wgmma)
+    # the only way left outside the space: fewer warps than the warpgroup's 4
+    assert all(tr.params["warps_per_cta"] < 4 for tr in wgmma
+               if tr.user_attrs.get("status") == "constraint")
+    inside = [tr for tr in study.trials if tr.user_attrs.get("status") != "constraint"]
+    assert len({tr.user_attrs["config"] for tr in inside}) == 40  # distinct configs measured
+    assert len(study.trials) - len(inside) < 20
 
 
 def test_failures_are_pruned_trials_with_reasons_and_recorded_without_time(tmp_path, built):

@@ -2,8 +2,12 @@
 
 Brute force (a space that fits the trial budget): one categorical "config" parameter over the
 valid configs, so exactly the filtered space is searched, each once. TPE (a larger space): one
-categorical per config field, which TPE models separately; a combination outside the filtered
-space is pruned at once with its reasons, before any GPU time is spent.
+categorical per config field, which TPE models separately, sampled in FIELD_ORDER; a field that
+the fields sampled before it determine (wgmma=True: row_groups=4, stage_x, one strip row) is set,
+not sampled, so that such combinations are proposed as often as the others. A combination
+outside the filtered space is pruned at once with its reasons, before any GPU time is spent, and
+does not count against the trial budget, nor does a repeated proposal (Sampling.measured): the
+budget is distinct configs measured.
 """
 from __future__ import annotations
 
@@ -13,6 +17,15 @@ import optuna
 
 from ..codegen import OPS
 from .space import Space, planned_trials
+
+
+# The order TPE samples a config's fields in: those that constrain the others first.
+FIELD_ORDER = {"zipgemm": ("wgmma", "row_strips", "stage_x", "row_groups", "token_tiles",
+                           "warps_per_cta", "depth"),
+               "decode": ("warps_per_cta", "strips_per_warp")}
+# Proposals per trial of the budget at most (constraint-pruned ones included), so that a study
+# ends even if the sampler keeps proposing configs outside the space.
+PROPOSALS_PER_TRIAL = 20
 
 
 class Sampling:
@@ -43,10 +56,34 @@ class Sampling:
         if self.brute:
             cfg = self.names[trial.suggest_categorical("config", list(self.names))]
         else:
-            cfg = OPS[self.space.op](**{f: trial.suggest_categorical(f, values)
-                                        for f, values in self.fields.items()})
+            cfg = OPS[self.space.op](**self._sample_fields(trial))
         trial.set_user_attr("config", cfg.describe())
         if cfg not in self.valid:
             trial.set_user_attr("status", "constraint")
             raise optuna.TrialPruned("constraint: " + "; ".join(self.rejected.get(cfg, ())))
         return cfg
+
+    def _sample_fields(self, trial) -> dict:
+        """Each field in FIELD_ORDER: set when the valid configs that agree with the fields
+        sampled so far all have the same value, else sampled (always over all its values, as
+        TPE needs a fixed set of choices per parameter)."""
+        chosen, agreeing = {}, list(self.space.valid)
+        for f in FIELD_ORDER[self.space.op]:
+            values = {getattr(c, f) for c in agreeing}
+            chosen[f] = (values.pop() if len(values) == 1
+                         else trial.suggest_categorical(f, self.fields[f]))
+            agreeing = [c for c in agreeing if getattr(c, f) == chosen[f]]
+        return chosen
+
+    @property
+    def proposals(self) -> int:
+        """The study's cap on proposals (see PROPOSALS_PER_TRIAL)."""
+        return self.n_trials if self.brute else self.n_trials * PROPOSALS_PER_TRIAL
+
+    def measured(self) -> int:
+        """Distinct configs that reached the GPU stage (measured, failed or resumed): neither
+        those pruned for being outside the space nor repeated proposals (answered from the
+        tuner's records) count."""
+        return len({t.user_attrs["config"] for t in self.study.trials
+                    if t.state.is_finished() and "config" in t.user_attrs
+                    and t.user_attrs.get("status") != "constraint"})

@@ -193,9 +193,17 @@ class Tuner:
                 self.evaluate(op, n, k, bucket, default)  # the table compares against it
         if self.progress is not None:
             self.progress.set_postfix_str(f"{label} {op}" + (f" M={bucket}" if bucket else ""))
-        callbacks = ([lambda study, trial: self.progress.update(1)]
-                     if self.progress is not None else [])
-        sampling.study.optimize(objective, n_trials=sampling.n_trials, callbacks=callbacks)
+        counted = [0]  # distinct configs measured so far: the budget and the progress bar
+
+        def after_trial(study, trial):
+            now = sampling.measured()  # proposals outside the space and repeats don't count
+            if self.progress is not None and now > counted[0]:
+                self.progress.update(now - counted[0])
+            counted[0] = now
+            if now >= sampling.n_trials:
+                study.stop()
+
+        sampling.study.optimize(objective, n_trials=sampling.proposals, callbacks=[after_trial])
 
         mine = [r for r in self.records if r.key == key]
         default_record = next((r for r in reversed(mine) if r.config == default.as_dict()), None)
