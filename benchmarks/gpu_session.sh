@@ -14,6 +14,9 @@
 #             into $OUT/tuning_db (copy it to tuning_db/ to ship it); later stages use it
 #   bench     benchmarks/decode.py and gemm.py (ZIPGEN_BENCHMARKS overrides: "" runs none)
 #   e2e       benchmarks/e2e.py (Llama-3.1-8B architecture, batches 1, 8, 32)
+#   bytes     Nsight Compute on 70B gate_up at M = 32: duration, DRAM bytes and L2 -> SM read
+#             bytes of the runtime's kernel, the default and wgmma with 64 rows per CTA, to check the
+#             bytes model of docs/ZIPGEMM.md (activations re-read once per CTA along N)
 #   wgmma     tests/test_gpu_wgmma.py, then benchmarks/wgmma_ab.py (the sm_90a warpgroup-MMA
 #             variant against the mma.sync kernel and cuBLAS)
 set -uo pipefail
@@ -64,4 +67,14 @@ if stage wgmma; then
 fi
 if stage e2e; then
   python benchmarks/e2e.py --json "$OUT/e2e.json" 2>&1 | tee "$OUT/e2e.md" | tail -6
+fi
+if stage bytes; then
+  # the runtime's kernel (tuned winner), the default (mma.sync), wgmma with 64 rows per CTA
+  cfgs=$(python -c "import torch; from zipgen.tune import dispatch; from zipgen.runtime import fused_config
+numbers = lambda c: ' '.join(str(int(v)) for v in c.as_dict().values())
+print(numbers(dispatch.choose('zipgemm', torch.device('cuda'), 57344, 8192, 32, fused_config)),
+      numbers(fused_config(32, 57344, 8192)))")
+  ncu --clock-control none -k regex:zipgemm --metrics gpu__time_duration.sum,dram__bytes_read.sum,lts__t_sectors_srcunit_tex_op_read.sum \
+    python benchmarks/profile_gemm.py 57344 8192 32 $cfgs 16 4 1 4 1 1 1 > "$OUT/ncu-bytes.txt" 2>&1
+  grep -E "zipgemm_|duration|bytes_read|sectors" "$OUT/ncu-bytes.txt" | tail -12
 fi
