@@ -51,6 +51,18 @@ def assert_close(y, ref):
     assert rel < 5e-3, rel
 
 
+def fallback_heavy(n, k):
+    """W with a quarter of its weights given exponents 90..139, outside any 8-exponent window:
+    ~250 entries per strip, so a warp patches them in several rounds."""
+    w, _ = make(n, k)
+    flat = bits_of(w).view(-1).clone()
+    idx = torch.randperm(flat.numel(), device=flat.device)[: flat.numel() // 4]
+    exps = torch.randint(90, 140, (idx.numel(),), device=flat.device, dtype=torch.int32)
+    flat[idx] = ((flat[idx].to(torch.int32) & 0x807F) | (exps << 7)).to(torch.int16)
+    w = from_bits(flat.view(n, k))
+    return w, zipgen.compress(w)
+
+
 def poisoned(m, n):
     return torch.full((m, n), float("nan"), device="cuda", dtype=torch.bfloat16)
 
@@ -137,13 +149,7 @@ def test_decode_path_equals_f_linear_exactly():
 def test_fallback_heavy_weights(cfg):
     """A quarter of the weights outside the window: ~250 entries per strip, so the warp patches
     in several rounds, all but the first reading its entries from global memory."""
-    w, _ = make(256, 2048)
-    flat = bits_of(w).view(-1).clone()
-    idx = torch.randperm(flat.numel(), device="cuda")[: flat.numel() // 4]
-    exps = torch.randint(90, 140, (idx.numel(),), device="cuda", dtype=torch.int32)
-    flat[idx] = ((flat[idx].to(torch.int32) & 0x807F) | (exps << 7)).to(torch.int16)
-    w = from_bits(flat.view(256, 2048))
-    ct = zipgen.compress(w)
+    w, ct = fallback_heavy(256, 2048)
     assert ct.coverage < 0.8 and ct.num_fallbacks > 4 * 32 * ct.num_strips
     for m in (1, 16, 33):
         x = activations(m, 2048)

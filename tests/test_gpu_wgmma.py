@@ -5,12 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-import zipgen
 from zipgen.codegen import ZipGemmConfig, arch_traits
 from zipgen.runtime import gemm
 
-from conftest import bits_of, from_bits, requires_gpu
-from test_gpu_gemm import activations, assert_close, make, poisoned, reference
+from conftest import bits_of, requires_gpu
+from test_gpu_gemm import activations, assert_close, fallback_heavy, make, poisoned, reference
 
 pytestmark = [pytest.mark.gpu, requires_gpu]
 
@@ -71,13 +70,7 @@ def test_llama_shape_bias_and_determinism(cfg):
 def test_fallback_heavy_weights():
     """A quarter of the weights outside the window: several patch rounds per strip before
     the warpgroup multiplies."""
-    w, _ = make(256, 2048)
-    flat = bits_of(w).view(-1).clone()
-    idx = torch.randperm(flat.numel(), device="cuda")[: flat.numel() // 4]
-    exps = torch.randint(90, 140, (idx.numel(),), device="cuda", dtype=torch.int32)
-    flat[idx] = ((flat[idx].to(torch.int32) & 0x807F) | (exps << 7)).to(torch.int16)
-    w = from_bits(flat.view(256, 2048))
-    ct = zipgen.compress(w)
+    w, ct = fallback_heavy(256, 2048)
     for m in (1, 16, 40):
         x = activations(m, 2048)
         assert_close(gemm(x, ct, config=CONFIGS[3], fused=True), reference(x, w))
