@@ -6,7 +6,7 @@ categorical per config field, which TPE models separately, sampled in FIELD_ORDE
 the fields sampled before it determine (wgmma=True: row_groups=4, stage_x, one strip row) is set,
 not sampled, so that such combinations are proposed as often as the others. A combination
 outside the filtered space is pruned at once with its reasons, before any GPU time is spent, and
-does not count against the trial budget, nor does a repeated proposal (Sampling.measured): the
+does not count against the trial budget, nor does a repeated proposal (Sampling.count): the
 budget is distinct configs measured.
 """
 from __future__ import annotations
@@ -37,6 +37,7 @@ class Sampling:
         self.brute = self.sampler_name == "brute-force"
         self.names = {cfg.describe(): cfg for cfg in space.valid}
         self.fields = space.fields
+        self._measured: set[str] = set()  # configs counted against the budget (count)
         with warnings.catch_warnings():  # BruteForceSampler is "experimental" since Optuna 3.1
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             sampler = (optuna.samplers.BruteForceSampler(seed=seed) if self.brute
@@ -80,10 +81,11 @@ class Sampling:
         """The study's cap on proposals (see PROPOSALS_PER_TRIAL)."""
         return self.n_trials if self.brute else self.n_trials * PROPOSALS_PER_TRIAL
 
-    def measured(self) -> int:
-        """Distinct configs that reached the GPU stage (measured, failed or resumed): neither
-        those pruned for being outside the space nor repeated proposals (answered from the
-        tuner's records) count."""
-        return len({t.user_attrs["config"] for t in self.study.trials
-                    if t.state.is_finished() and "config" in t.user_attrs
-                    and t.user_attrs.get("status") != "constraint"})
+    def count(self, trial) -> int:
+        """Count a finished trial; returns how many distinct configs have reached the GPU stage
+        (measured, failed or resumed). Neither proposals pruned for being outside the space
+        nor repeated ones (answered from the tuner's records) count. Kept as a set, since
+        study.trials copies every trial on each call."""
+        if "config" in trial.user_attrs and trial.user_attrs.get("status") != "constraint":
+            self._measured.add(trial.user_attrs["config"])
+        return len(self._measured)

@@ -196,7 +196,7 @@ class Tuner:
         counted = [0]  # distinct configs measured so far: the budget and the progress bar
 
         def after_trial(study, trial):
-            now = sampling.measured()  # proposals outside the space and repeats don't count
+            now = sampling.count(trial)  # proposals outside the space and repeats don't count
             if self.progress is not None and now > counted[0]:
                 self.progress.update(now - counted[0])
             counted[0] = now
