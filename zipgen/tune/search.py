@@ -193,13 +193,14 @@ class Tuner:
                 self.evaluate(op, n, k, bucket, default)  # the table compares against it
         if self.progress is not None:
             self.progress.set_postfix_str(f"{label} {op}" + (f" M={bucket}" if bucket else ""))
-        counted = [0]  # distinct configs measured so far: the budget and the progress bar
+        counted = 0  # distinct configs measured so far: the budget and the progress bar
 
         def after_trial(study, trial):
+            nonlocal counted
             now = sampling.count(trial)  # proposals outside the space and repeats don't count
-            if self.progress is not None and now > counted[0]:
-                self.progress.update(now - counted[0])
-            counted[0] = now
+            if self.progress is not None and now > counted:
+                self.progress.update(now - counted)
+            counted = now
             if now >= sampling.n_trials:
                 study.stop()
 
