@@ -45,12 +45,25 @@ def rotated_layer(n, k, seed):
     return ws, cts
 
 
-def check(x, w, ct):
+def relative_error(y, x, w) -> float:
+    """|y - x @ w^T| / |x @ w^T|, the reference in FP32."""
     ref = x.float() @ w.float().t()
+    return float((y.float() - ref).norm() / ref.norm())
+
+
+def check(x, w, ct):
     for fused in (True, False):
-        y = gemm(x, ct, fused=fused).float()
-        rel = float((y - ref).norm() / ref.norm())
+        rel = relative_error(gemm(x, ct, fused=fused), x, w)
         assert rel < 5e-3, f"wrong result (fused={fused}): relative error {rel:.3g}"
+
+
+def checked_fused_time_us(cfg, xs, ws, cts) -> float:
+    """The fused kernel with `cfg` over the rotated weights: its result on the first checked
+    against FP32, then its CUDA-graph time (benchmarks/gemm_sweep.py, wgmma_ab.py)."""
+    rel = relative_error(gemm(xs[0], cts[0], config=cfg, fused=True), xs[0], ws[0])
+    assert rel < 5e-3, f"{cfg.describe()}: relative error {rel:.3g}"
+    return graph_time_us([lambda x=x, c=c: gemm(x, c, config=cfg, fused=True)
+                          for x, c in zip(xs, cts)])
 
 
 def main():
