@@ -1,0 +1,75 @@
+"""Same configurations, two kernel trees: the tuning database's winners for the benchmark
+layers, timed in this checkout, whichever kernel headers the records were measured with.
+
+    python benchmarks/winners_ab.py --db tuning_db [--ms 1,8,16,32,64] [--json out.json]
+                                    [--compare other.json]
+
+Run it in a checkout before a kernel change (--json before.json), then after it with
+--compare before.json on the same GPU, in the same call: the table gives both times of each
+cell's configuration and their ratio, which isolates the change from any re-tuning. Same
+method as benchmarks/gemm.py (CUDA graphs, weights rotated past L2, medians; every config is
+checked against FP32 first); cuBLAS is timed alongside as the reference.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+
+import torch
+import torch.nn.functional as F
+
+from zipgen.runtime import fused_config
+from zipgen.tune import db, dispatch
+
+from _timing import graph_time_us, header, warm_up_gpu
+from gemm import LAYERS, checked_fused_time_us, rotated_layer
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--db", required=True, help="tuning database folder to take winners from")
+    ap.add_argument("--models", default="8b,70b")
+    ap.add_argument("--ms", default="1,8,16,32,64")
+    ap.add_argument("--json")
+    ap.add_argument("--compare", help="this script's --json output from the other tree")
+    args = ap.parse_args()
+    index = db.winners(db.read_records([args.db]))  # every record: headers are not checked
+    before = {}
+    if args.compare:
+        with open(args.compare) as f:
+            before = {(r["layer"], r["m"]): r for r in json.load(f)}
+    name = torch.cuda.get_device_name()
+    arch = "sm_%d%d" % torch.cuda.get_device_capability()
+    print(header("database winners in this tree (benchmarks/winners_ab.py)"))
+    print("| layer | M | config | cuBLAS µs | this tree µs | other tree µs | other / this |")
+    print("|---|---|---|---|---|---|---|")
+    warm_up_gpu()
+    rows = []
+    for model in args.models.split(","):
+        for li, (layer, n, k) in enumerate(LAYERS[model]):
+            ws, cts = rotated_layer(n, k, seed=li)
+            for m in map(int, args.ms.split(",")):
+                cfg, source = dispatch.lookup("zipgemm", name, arch, n, k, m, index=index)
+                cfg = cfg or fused_config(m, n, k)
+                xs = [torch.randn(m, k, device="cuda").to(torch.bfloat16) for _ in ws]
+                t_cublas = graph_time_us([lambda x=x, w=w: F.linear(x, w) for x, w in zip(xs, ws)])
+                t = checked_fused_time_us(cfg, xs, ws, cts)
+                rows.append(dict(layer=layer, n=n, k=k, m=m, config=cfg.as_dict(), source=source,
+                                 cublas_us=t_cublas, us=t))
+                other = before.get((layer, m))
+                mine = cfg.as_dict()  # a field only one tree has (a new one) is not compared
+                same = other is not None and all(other["config"][f] == mine[f]
+                                                 for f in other["config"].keys() & mine.keys())
+                cells = (f"{other['us']:.1f} | {other['us'] / t:.3f}" if same
+                         else "- | -")
+                print(f"| {layer} | {m} | {cfg.describe()} | {t_cublas:.1f} | {t:.1f} | {cells} |",
+                      flush=True)
+            del ws, cts
+            torch.cuda.empty_cache()
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
