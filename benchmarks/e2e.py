@@ -4,7 +4,11 @@ its Linear layers compressed (zipgen.nn.compress_model), one harness for both.
     python benchmarks/e2e.py [--model 8b|70b] [--layers N] [--batches 1,8,32] [--prompt 128]
                              [--new-tokens 256] [--mode graph|compile|eager]
                              [--path auto|fused|decode] [--compress-embeddings]
-                             [--compressed-only] [--json out.json]
+                             [--fuse-siblings] [--compressed-only] [--json out.json]
+
+--fuse-siblings stacks the projections that read one input (q / k / v, gate / up;
+zipgen.nn.fuse_siblings) into one Linear each, in the BF16 model before its run, so both models
+run the same fused shapes.
 
 --compressed-only builds the model compressed layer by layer (each matrix drawn in BF16 on the
 device, compressed, released), so a model whose BF16 weights do not fit the GPU (the 70B
@@ -36,7 +40,7 @@ import time
 import torch
 
 from zipgen.integrations import hf_bench
-from zipgen.nn import compress_model, empty_weights
+from zipgen.nn import compress_model, empty_weights, fuse_siblings
 
 # Llama-3.1-8B (meta-llama/Llama-3.1-8B config.json)
 LLAMA_31_8B = dict(
@@ -106,11 +110,16 @@ def main(argv=None):
                     help="GEMM path of the compressed layers (auto: zipgen.runtime.gemm's choice)")
     ap.add_argument("--compress-embeddings", action="store_true",
                     help="also compress the input embedding table (zipgen.nn.ZipEmbedding)")
+    ap.add_argument("--fuse-siblings", action="store_true",
+                    help="stack q/k/v and gate/up into one Linear each, in both models")
     ap.add_argument("--compressed-only", action="store_true",
                     help="build the model compressed layer by layer; no BF16 baseline")
     ap.add_argument("--device", default="cuda", help="cpu only for a smoke test (--mode eager)")
     ap.add_argument("--json")
     args = ap.parse_args(argv)
+    if args.fuse_siblings and args.compressed_only:
+        ap.error("--fuse-siblings needs the BF16 model (it stacks BF16 weights before "
+                 "compressing); --compressed-only never builds it whole")
     batches = [int(b) for b in args.batches.split(",")]
     base = CONFIGS[args.model]
     layers = args.layers or base["num_hidden_layers"]
@@ -133,6 +142,10 @@ def main(argv=None):
         model = build_model(layers, device=args.device, base=base)
         print(f"# built in {time.perf_counter() - started:.1f} s; prompt {args.prompt}, "
               f"{args.new_tokens} new tokens, mode {args.mode}", flush=True)
+        if args.fuse_siblings:
+            probe = torch.zeros(1, 2, dtype=torch.long, device=args.device)
+            print(f"# siblings: {fuse_siblings(model, probe).summary()} (both models)",
+                  flush=True)
         text, rows = hf_bench.compare(
             model, lambda m: compress_model(m, embeddings=args.compress_embeddings).summary(),
             batches=batches, prompt_len=args.prompt,

@@ -195,6 +195,35 @@ def test_e2e_script_smoke():
     assert "greedy agree" in run.stdout and "100.0%" in run.stdout, run.stdout
 
 
+def test_e2e_script_with_fused_siblings():
+    """--fuse-siblings on the GPU: the stacked q / k / v and gate / up of both models, the
+    compressed one on the decode path (equal to F.linear: 100 % agreement), in CUDA graphs."""
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "e2e.py"), "--layers", "1", "--batches",
+           "1,2", "--prompt", "16", "--new-tokens", "8", "--path", "decode", "--fuse-siblings"]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "5 Linear layers fused into 2" in run.stdout and "100.0%" in run.stdout, run.stdout
+
+
+def test_fused_siblings_in_cuda_graphs_match_eager(llama):
+    """The siblings share one GEMM per call, and a graph captured after a warm-up with the
+    same static input buffers must still record that GEMM: graph decode == eager decode, on
+    both GEMM paths, with the fused model compressed after fusing."""
+    from zipgen.integrations import hf_bench
+    from zipgen.nn import compress_model, fuse_siblings
+
+    ref, _ = load_both(llama)
+    assert fuse_siblings(ref, tokens(1, 2)).summary() == "10 Linear layers fused into 4"
+    compress_model(ref)
+    kw = dict(batches=(1, 4), prompt_len=8, new_tokens=8, repeats=1)
+    for path in ("fused", "decode"):
+        hf_bench.set_gemm_path(ref, path)
+        eager = hf_bench.benchmark(ref, "eager", mode="eager", **kw)
+        graphed = hf_bench.benchmark(ref, "graph", mode="graph", **kw)
+        for e, g in zip(eager, graphed):
+            assert torch.equal(e.tokens, g.tokens), path
+
+
 @pytest.mark.slow
 def test_e2e_script_compressed_only_70b_layer():
     """benchmarks/e2e.py --model 70b --compressed-only with one 70B-shaped layer and compressed

@@ -267,6 +267,13 @@ def test_e2e_benchmark_script_on_a_shrunk_model(monkeypatch, capsys, tmp_path):
     text = capsys.readouterr().out
     assert "synthetic" in text and "8 Linear layers compressed" in text and "100.0%" in text
     assert [r["agreement"] for r in json.loads(out.read_text())["rows"]] == [1.0, 1.0]
+    # q / k / v and gate / up stacked in both models: 5 compressed layers instead of 8
+    e2e.main(["--layers", "1", "--device", "cpu", "--mode", "eager", "--batches", "1",
+              "--prompt", "4", "--new-tokens", "3", "--fuse-siblings", "--json", str(out)])
+    text = capsys.readouterr().out
+    assert "5 Linear layers fused into 2 (both models)" in text
+    assert "5 Linear layers compressed" in text
+    assert [r["agreement"] for r in json.loads(out.read_text())["rows"]] == [1.0]
     # built compressed layer by layer (the 70B showcase path): the same weights, bit for bit
     monkeypatch.setitem(e2e.CONFIGS, "70b", {**e2e.LLAMA_31_70B, **TINY, "head_dim": 64})
     built, summary = e2e.build_model(1, device="cpu", base=e2e.CONFIGS["70b"],

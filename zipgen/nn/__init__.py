@@ -2,13 +2,15 @@
 
 ZipLinear is a drop-in nn.Linear with a TCA-TBE weight, ZipEmbedding a drop-in nn.Embedding
 (inference) with a TCA-TBE table; compress_model / load_compressed swap them into any model;
-torch.ops.zipgen.gemm / .decompress are the custom ops behind ZipLinear."""
+torch.ops.zipgen.gemm / .decompress are the custom ops behind ZipLinear; fuse_siblings stacks
+the projections that read one input (q / k / v, gate / up) into one Linear."""
 from .embedding import ZipEmbedding
+from .fuse import FusionReport, SiblingSlice, find_siblings, fuse_siblings
 from .linear import ZipLinear
 from .ops import AUTO, DECODE, FUSED, gemm
 from .replace import (LayerReport, LoadReport, ModelReport, compress_model, decompress_model,
                       empty_weights, load_compressed)
 
-__all__ = ["AUTO", "DECODE", "FUSED", "LayerReport", "LoadReport", "ModelReport", "ZipEmbedding",
-           "ZipLinear", "compress_model", "decompress_model", "empty_weights", "gemm",
-           "load_compressed"]
+__all__ = ["AUTO", "DECODE", "FUSED", "FusionReport", "LayerReport", "LoadReport", "ModelReport",
+           "SiblingSlice", "ZipEmbedding", "ZipLinear", "compress_model", "decompress_model",
+           "empty_weights", "find_siblings", "fuse_siblings", "gemm", "load_compressed"]

@@ -1,0 +1,151 @@
+"""Fusing sibling projections: the Linear layers of one parent that read the same input tensor
+(an attention block's q / k / v, an MLP's gate / up) become one Linear with their weights
+stacked, so that one GEMM reads them all.
+
+Small projections leave most of a GPU idle (a 1024 x 4096 k_proj is 64 CTAs of ZipGEMM's 16 rows
+on 132 SMs); stacked they stream at the rate of a large layer. Siblings are found by running
+the model once with hooks, not by names: whichever Linear children of one parent receive the
+very same input tensor object are fused, in any architecture. The parent's code is untouched:
+each sibling becomes a SiblingSlice that returns its columns of the fused output, computed by
+whichever sibling is called first and shared with the others of the same call.
+
+Fuse before compressing (compress_model then compresses the stacked weight as one layer), and
+fuse a BF16 baseline the same way for a fair comparison.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from ..errors import InputError
+
+
+class SiblingSlice(nn.Module):
+    """Stands in for one of the fused siblings: output columns start..stop of the parent's
+    fused Linear (looked up by name at each call, so that it may be replaced after fusing, by
+    compress_model for one).
+
+    The siblings of a call share one GEMM: the first to be called with an input computes the
+    fused output; the others, called with the same tensor object, slice it. Once each sibling
+    has taken its slice the output is released, so the next call (a new step, or the same
+    static buffer replayed into a CUDA graph capture) computes afresh; a sibling called twice
+    with one input recomputes too. The slices are views of the fused output (their last
+    dimension contiguous)."""
+
+    def __init__(self, parent: nn.Module, fused_name: str, group: "_SharedOutput", index: int,
+                 start: int, stop: int, in_features: int):
+        super().__init__()
+        # plain attributes, not submodules: the parent owns the fused Linear once
+        self._refs = (parent, group)
+        self.fused_name, self.index = fused_name, index
+        self.start, self.stop = start, stop
+        self.in_features, self.out_features = in_features, stop - start
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        parent, group = self._refs
+        if group.input is not x or self.index in group.taken:
+            group.input, group.output, group.taken = x, getattr(parent, self.fused_name)(x), set()
+        group.taken.add(self.index)
+        out = group.output[..., self.start:self.stop]
+        if len(group.taken) == group.size:
+            group.input = group.output = None
+        return out
+
+    def extra_repr(self) -> str:
+        return f"{self.fused_name}[..., {self.start}:{self.stop}]"
+
+
+@dataclass
+class _SharedOutput:
+    size: int
+    input: torch.Tensor | None = None
+    output: torch.Tensor | None = None
+    taken: set = field(default_factory=set)
+
+
+@dataclass
+class FusionReport:
+    groups: list[tuple[str, tuple[str, ...]]] = field(default_factory=list)  # (parent, names)
+
+    def summary(self) -> str:
+        layers = sum(len(names) for _, names in self.groups)
+        return f"{layers} Linear layers fused into {len(self.groups)}"
+
+
+def find_siblings(model: nn.Module, *args, **kwargs) -> list[tuple[str, tuple[str, ...]]]:
+    """Run model(*args, **kwargs) once (no grad) and return (parent name, child names) for each
+    set of >= 2 nn.Linear children of one parent that received the same input tensor object.
+    A Linear called with several different inputs in that run is left alone."""
+    seen: dict[str, set[int]] = defaultdict(set)  # linear name -> id of each input it got
+    by_input: dict[tuple[str, int], list[str]] = defaultdict(list)  # (parent, input id) -> kids
+    hooks = []
+    for name, module in model.named_modules():
+        if type(module) is nn.Linear and "." in name:
+            parent, _, child = name.rpartition(".")
+
+            def hook(_module, inputs, name=name, parent=parent, child=child):
+                key = id(inputs[0])
+                seen[name].add(key)
+                if child not in by_input[parent, key]:
+                    by_input[parent, key].append(child)
+
+            hooks.append(module.register_forward_pre_hook(hook))
+    try:
+        with torch.no_grad():
+            model(*args, **kwargs)
+    finally:
+        for h in hooks:
+            h.remove()
+    groups = []
+    for (parent, _), kids in by_input.items():
+        kids = [k for k in kids if len(seen[f"{parent}.{k}"]) == 1]
+        if len(kids) >= 2:
+            groups.append((parent, tuple(kids)))
+    return groups
+
+
+def fuse_siblings(model: nn.Module, *args, **kwargs) -> FusionReport:
+    """Fuse the sibling Linear layers that find_siblings(model, *args, **kwargs) finds, in
+    place; args / kwargs: one small input of the model's forward (a few token ids for a
+    language model). Siblings stack when they agree in input size, dtype, device and having a
+    bias; each such subset of two or more becomes one Linear."""
+    report = FusionReport()
+    for parent_name, siblings in find_siblings(model, *args, **kwargs):
+        parent = model.get_submodule(parent_name)
+        stackable = defaultdict(list)
+        for name in siblings:
+            l = getattr(parent, name)
+            stackable[l.in_features, l.weight.dtype, l.weight.device, l.bias is None].append(name)
+        for names in stackable.values():
+            if len(names) >= 2:
+                _fuse(parent, parent_name, tuple(names))
+                report.groups.append((parent_name, tuple(names)))
+    return report
+
+
+def _fuse(parent: nn.Module, parent_name: str, names: tuple[str, ...]) -> None:
+    """Stack parent's Linear children `names` into parent.fused_<names> and put a SiblingSlice
+    in each one's place."""
+    linears = [getattr(parent, n) for n in names]
+    first = linears[0]
+    fused_name = "fused_" + "_".join(names)
+    if hasattr(parent, fused_name):
+        raise InputError(f"{parent_name}.{fused_name} exists already: fused twice?")
+    fused = nn.Linear(first.in_features, sum(l.out_features for l in linears),
+                      bias=first.bias is not None, device=first.weight.device,
+                      dtype=first.weight.dtype)
+    with torch.no_grad():
+        fused.weight.copy_(torch.cat([l.weight for l in linears]))
+        if first.bias is not None:
+            fused.bias.copy_(torch.cat([l.bias for l in linears]))
+    fused.requires_grad_(first.weight.requires_grad)
+    parent.add_module(fused_name, fused)
+    group, start = _SharedOutput(len(names)), 0
+    for index, (name, linear) in enumerate(zip(names, linears)):
+        stop = start + linear.out_features
+        setattr(parent, name, SiblingSlice(parent, fused_name, group, index, start, stop,
+                                           linear.in_features))
+        start = stop
