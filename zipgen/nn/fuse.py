@@ -33,7 +33,8 @@ class SiblingSlice(nn.Module):
     has taken its slice the output is released, so the next call (a new step, or the same
     static buffer replayed into a CUDA graph capture) computes afresh; a sibling called twice
     with one input recomputes too. The slices are views of the fused output (their last
-    dimension contiguous)."""
+    dimension contiguous). An input rewritten in place between the siblings' calls (its
+    version counter moved) is computed afresh too."""
 
     def __init__(self, parent: nn.Module, fused_name: str, group: "_SharedOutput", index: int,
                  start: int, stop: int, in_features: int):
@@ -46,8 +47,13 @@ class SiblingSlice(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         parent, group = self._refs
-        if group.input is not x or self.index in group.taken:
-            group.input, group.output, group.taken = x, getattr(parent, self.fused_name)(x), set()
+        stale = group.input is not x or self.index in group.taken
+        eager = not torch.compiler.is_compiling()  # a traced graph has no in-place surprises
+        if not stale and eager:
+            stale = x._version != group.version  # rewritten in place since
+        if stale:
+            group.input, group.version = x, x._version if eager else 0
+            group.output, group.taken = getattr(parent, self.fused_name)(x), set()
         group.taken.add(self.index)
         out = group.output[..., self.start:self.stop]
         if len(group.taken) == group.size:
@@ -62,6 +68,7 @@ class SiblingSlice(nn.Module):
 class _SharedOutput:
     size: int
     input: torch.Tensor | None = None
+    version: int = 0  # input._version when output was computed
     output: torch.Tensor | None = None
     taken: set = field(default_factory=set)
 
