@@ -179,3 +179,21 @@ def test_torch_compile_traces_the_shared_output():
         eager = model(x).logits
         compiled = torch.compile(model, backend="eager", fullgraph=True)(x).logits
     torch.testing.assert_close(compiled, eager)
+
+
+def test_compressed_siblings_are_stacked_losslessly():
+    """ZipLinear siblings (a model compressed first): decoded, stacked, compressed again."""
+    model = tiny_llama()
+    compress_model(model)
+    x = ids()
+    with torch.no_grad():
+        before = model(x).logits
+    mlp = model.model.layers[0].mlp
+    gate, up = mlp.gate_proj.decompressed_weight(), mlp.up_proj.decompressed_weight()
+    assert fuse_siblings(model, ids(1, 2)).summary() == "10 Linear layers fused into 4"
+    assert isinstance(mlp.fused_gate_proj_up_proj, ZipLinear)
+    stacked = mlp.fused_gate_proj_up_proj.decompressed_weight()
+    assert torch.equal(stacked.view(torch.int16), torch.cat([gate, up]).view(torch.int16))
+    with torch.no_grad():
+        after = model(x).logits
+    torch.testing.assert_close(after, before, rtol=2e-2, atol=2e-2)

@@ -247,6 +247,35 @@ def test_bench_model_cli_on_the_cpu(llama, tmp_path, capsys):
     assert rows[0]["compressed"]["weight_bytes"] < rows[0]["baseline"]["weight_bytes"]
 
 
+def test_fused_siblings_load_and_bench(llama, tmp_path, capsys):
+    """from_pretrained(fuse_siblings=True) stacks q / k / v and gate / up of the compressed
+    folder losslessly; the fused model predicts like the unfused one; bench-model
+    --fuse-siblings runs both models fused (the decode path: 100 % agreement)."""
+    from zipgen.nn import SiblingSlice
+
+    _, dst = llama
+    plain, fused = hf.from_pretrained(dst, device="cpu"), hf.from_pretrained(
+        dst, device="cpu", fuse_siblings=True)
+    attn = fused.model.layers[0].self_attn
+    assert isinstance(attn.q_proj, SiblingSlice)
+    stacked = attn.fused_q_proj_k_proj_v_proj
+    assert isinstance(stacked, ZipLinear)
+    parts = [getattr(plain.model.layers[0].self_attn, n).decompressed_weight()
+             for n in ("q_proj", "k_proj", "v_proj")]
+    assert_bit_exact(stacked.decompressed_weight(), torch.cat(parts))
+    x = ids()
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x).logits, plain(x).logits, rtol=2e-2, atol=2e-2)
+    assert hf.weight_memory(fused).total < hf.weight_memory(plain).total * 1.01
+    out = tmp_path / "bench.json"
+    assert main(["bench-model", str(dst), "--device", "cpu", "--mode", "eager", "--batches", "1",
+                 "--prompt", "8", "--new-tokens", "4", "--fuse-siblings", "--json",
+                 str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "9 Linear layers compressed" in text  # per layer qkv, o, gate_up, down; lm_head
+    assert [r["agreement"] for r in json.loads(out.read_text())["rows"]] == [1.0]
+
+
 def test_e2e_benchmark_script_on_a_shrunk_model(monkeypatch, capsys, tmp_path):
     """benchmarks/e2e.py's whole flow on the CPU, with the 8B config shrunk to the tiny one."""
     import importlib.util

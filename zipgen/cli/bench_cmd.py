@@ -27,6 +27,9 @@ def add_parsers(sub) -> None:
                    help="GEMM path of the compressed layers (default auto)")
     p.add_argument("--device", default="cuda")
     p.add_argument("--no-baseline", action="store_true", help="benchmark the compressed model only")
+    p.add_argument("--fuse-siblings", action="store_true",
+                   help="stack q/k/v and gate/up into one layer each, in both models "
+                        "(zipgen.nn.fuse_siblings)")
     p.add_argument("--json", type=Path, help="write the rows to this file")
     p.set_defaults(func=cmd_bench_model)
 
@@ -41,7 +44,7 @@ def cmd_bench_model(args) -> int:
     device = torch.device(args.device)
     print(f"# zipgen bench-model {args.model_dir}")
     print(hf_bench.describe(device))
-    model = hf.from_pretrained(args.model_dir, device=device)
+    model = hf.from_pretrained(args.model_dir, device=device, fuse_siblings=args.fuse_siblings)
     if args.no_baseline:
         hf_bench.set_gemm_path(model, args.path)
         print(f"# zipgen: {hf.weight_memory(model)}")
@@ -51,7 +54,7 @@ def cmd_bench_model(args) -> int:
         rows = [r.as_dict() for r in runs]
     else:
         names = [f"{n}.weight" for n, m in model.named_modules() if isinstance(m, ZipLinear)]
-        decompress_model(model)  # the baseline: the same weights, decoded
+        decompress_model(model)  # the baseline: the same weights (fused or not), decoded
         text, rows = hf_bench.compare(
             model, lambda m: compress_model(m, include=names, exclude=()).summary(),
             batches=batches, prompt_len=args.prompt, new_tokens=args.new_tokens,

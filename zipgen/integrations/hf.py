@@ -43,10 +43,14 @@ def _model_class(config):
     return transformers.AutoModelForCausalLM._model_mapping[type(config)]
 
 
-def from_pretrained(folder, device="cuda", dtype=torch.bfloat16, **kwargs):
+def from_pretrained(folder, device="cuda", dtype=torch.bfloat16, fuse_siblings: bool = False,
+                    **kwargs):
     """A transformers model from a `zipgen compress` folder, on `device`, in eval mode.
 
     dtype: must be torch.bfloat16 (the model's activations reach the BF16-only ZipLinear).
+    fuse_siblings: stack the projections that read one input (q / k / v, gate / up) into one
+    layer each after loading (zipgen.nn.fuse_siblings; losslessly re-compressed), so that one
+    GEMM reads them; it changes the module names, so the model's state dict too.
     kwargs go to the model's constructor (`_from_config`), e.g. attn_implementation="sdpa".
     Compressed layers run torch.ops.zipgen.gemm: ZipGEMM on a GPU, the reference decoder +
     F.linear on the CPU (exact, slow)."""
@@ -68,6 +72,10 @@ def from_pretrained(folder, device="cuda", dtype=torch.bfloat16, **kwargs):
     model.eval()
     if (folder / "generation_config.json").is_file():
         model.generation_config = transformers.GenerationConfig.from_pretrained(folder)
+    if fuse_siblings:
+        from ..nn import fuse_siblings as fuse
+
+        fuse(model, torch.zeros(1, 2, dtype=torch.long, device=device))  # a 2-token probe
     return model
 
 

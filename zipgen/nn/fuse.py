@@ -9,8 +9,11 @@ very same input tensor object are fused, in any architecture. The parent's code 
 each sibling becomes a SiblingSlice that returns its columns of the fused output, computed by
 whichever sibling is called first and shared with the others of the same call.
 
-Fuse before compressing (compress_model then compresses the stacked weight as one layer), and
-fuse a BF16 baseline the same way for a fair comparison.
+Fusing BF16 layers before compress_model compresses each stack as one layer. Compressed
+siblings (ZipLinear) are stacked by decoding them, stacking and compressing the stack: lossless,
+so the fused layer's weights are the siblings' bit for bit. Fuse a BF16 baseline the same way
+for a fair comparison. The fused names (parent.fused_q_proj_k_proj_v_proj) change the state
+dict: fuse for serving, after loading.
 """
 from __future__ import annotations
 
@@ -21,6 +24,8 @@ import torch
 from torch import nn
 
 from ..errors import InputError
+from ..format import compress
+from .linear import ZipLinear
 
 
 class SiblingSlice(nn.Module):
@@ -84,13 +89,13 @@ class FusionReport:
 
 def find_siblings(model: nn.Module, *args, **kwargs) -> list[tuple[str, tuple[str, ...]]]:
     """Run model(*args, **kwargs) once (no grad) and return (parent name, child names) for each
-    set of >= 2 nn.Linear children of one parent that received the same input tensor object.
-    A Linear called with several different inputs in that run is left alone."""
+    set of >= 2 nn.Linear or ZipLinear children of one parent that received the same input
+    tensor object. A layer called with several different inputs in that run is left alone."""
     seen: dict[str, set[int]] = defaultdict(set)  # linear name -> id of each input it got
     by_input: dict[tuple[str, int], list[str]] = defaultdict(list)  # (parent, input id) -> kids
     hooks = []
     for name, module in model.named_modules():
-        if type(module) is nn.Linear and "." in name:
+        if type(module) in (nn.Linear, ZipLinear) and "." in name:
             parent, _, child = name.rpartition(".")
 
             def hook(_module, inputs, name=name, parent=parent, child=child):
@@ -117,15 +122,17 @@ def find_siblings(model: nn.Module, *args, **kwargs) -> list[tuple[str, tuple[st
 def fuse_siblings(model: nn.Module, *args, **kwargs) -> FusionReport:
     """Fuse the sibling Linear layers that find_siblings(model, *args, **kwargs) finds, in
     place; args / kwargs: one small input of the model's forward (a few token ids for a
-    language model). Siblings stack when they agree in input size, dtype, device and having a
-    bias; each such subset of two or more becomes one Linear."""
+    language model). Siblings stack when they are of one kind (nn.Linear or ZipLinear) and
+    agree in input size, device, dtype and having a bias; each such subset of two or more
+    becomes one layer of that kind."""
     report = FusionReport()
     for parent_name, siblings in find_siblings(model, *args, **kwargs):
         parent = model.get_submodule(parent_name)
         stackable = defaultdict(list)
         for name in siblings:
-            l = getattr(parent, name)
-            stackable[l.in_features, l.weight.dtype, l.weight.device, l.bias is None].append(name)
+            layer = getattr(parent, name)
+            stackable[type(layer), layer.in_features, _device(layer),
+                      _dtype(layer), layer.bias is None].append(name)
         for names in stackable.values():
             if len(names) >= 2:
                 _fuse(parent, parent_name, tuple(names))
@@ -133,23 +140,40 @@ def fuse_siblings(model: nn.Module, *args, **kwargs) -> FusionReport:
     return report
 
 
+def _device(layer) -> torch.device:
+    return layer.streams()[0].device if isinstance(layer, ZipLinear) else layer.weight.device
+
+
+def _dtype(layer) -> torch.dtype:
+    return torch.bfloat16 if isinstance(layer, ZipLinear) else layer.weight.dtype
+
+
+def _stacked(layers: list, name: str) -> nn.Module:
+    """One layer of the same kind whose output rows are the layers' in order."""
+    first = layers[0]
+    bias = None if first.bias is None else torch.cat([l.bias.detach() for l in layers])
+    if isinstance(first, ZipLinear):  # decoded, stacked and compressed again: lossless
+        weight = torch.cat([l.decompressed_weight() for l in layers])
+        fused = ZipLinear.from_compressed(compress(weight, name=f"{name}.weight"), bias)
+        fused.fused = first.fused
+        return fused
+    fused = nn.Linear(first.in_features, sum(l.out_features for l in layers),
+                      bias=bias is not None, device=first.weight.device, dtype=first.weight.dtype)
+    with torch.no_grad():
+        fused.weight.copy_(torch.cat([l.weight for l in layers]))
+        if bias is not None:
+            fused.bias.copy_(bias)
+    return fused.requires_grad_(first.weight.requires_grad)
+
+
 def _fuse(parent: nn.Module, parent_name: str, names: tuple[str, ...]) -> None:
     """Stack parent's Linear children `names` into parent.fused_<names> and put a SiblingSlice
     in each one's place."""
     linears = [getattr(parent, n) for n in names]
-    first = linears[0]
     fused_name = "fused_" + "_".join(names)
     if hasattr(parent, fused_name):
         raise InputError(f"{parent_name}.{fused_name} exists already: fused twice?")
-    fused = nn.Linear(first.in_features, sum(l.out_features for l in linears),
-                      bias=first.bias is not None, device=first.weight.device,
-                      dtype=first.weight.dtype)
-    with torch.no_grad():
-        fused.weight.copy_(torch.cat([l.weight for l in linears]))
-        if first.bias is not None:
-            fused.bias.copy_(torch.cat([l.bias for l in linears]))
-    fused.requires_grad_(first.weight.requires_grad)
-    parent.add_module(fused_name, fused)
+    parent.add_module(fused_name, _stacked(linears, f"{parent_name}.{fused_name}"))
     group, start = _SharedOutput(len(names)), 0
     for index, (name, linear) in enumerate(zip(names, linears)):
         stop = start + linear.out_features
