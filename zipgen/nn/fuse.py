@@ -7,7 +7,9 @@ on 132 SMs); stacked they stream at the rate of a large layer. Siblings are foun
 the model once with hooks, not by names: whichever Linear children of one parent receive the
 very same input tensor object are fused, in any architecture. The parent's code is untouched:
 each sibling becomes a SiblingSlice that returns its columns of the fused output, computed by
-whichever sibling is called first and shared with the others of the same call.
+whichever sibling is called first and shared with the others of the same call. Whatever a
+later call passes, a sibling checks that it is the very tensor the shared output was computed
+from, so a grouping the probe run got wrong costs only speed.
 
 Fusing BF16 layers before compress_model compresses each stack as one layer. Compressed
 siblings (ZipLinear) are stacked by decoding them, stacking and compressing the stack: lossless,
@@ -93,12 +95,14 @@ def find_siblings(model: nn.Module, *args, **kwargs) -> list[tuple[str, tuple[st
     tensor object. A layer called with several different inputs in that run is left alone."""
     seen: dict[str, set[int]] = defaultdict(set)  # linear name -> id of each input it got
     by_input: dict[tuple[str, int], list[str]] = defaultdict(list)  # (parent, input id) -> kids
+    alive = []  # every input seen, held so that no later tensor of the run reuses its id
     hooks = []
     for name, module in model.named_modules():
         if type(module) in (nn.Linear, ZipLinear) and "." in name:
             parent, _, child = name.rpartition(".")
 
             def hook(_module, inputs, name=name, parent=parent, child=child):
+                alive.append(inputs[0])
                 key = id(inputs[0])
                 seen[name].add(key)
                 if child not in by_input[parent, key]:
@@ -111,6 +115,7 @@ def find_siblings(model: nn.Module, *args, **kwargs) -> list[tuple[str, tuple[st
     finally:
         for h in hooks:
             h.remove()
+        alive.clear()
     groups = []
     for (parent, _), kids in by_input.items():
         kids = [k for k in kids if len(seen[f"{parent}.{k}"]) == 1]
