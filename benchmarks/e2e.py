@@ -8,7 +8,8 @@ its Linear layers compressed (zipgen.nn.compress_model), one harness for both.
 
 --fuse-siblings stacks the projections that read one input (q / k / v, gate / up;
 zipgen.nn.fuse_siblings) into one Linear each, in the BF16 model before its run, so both models
-run the same fused shapes.
+run the same fused shapes; with --compressed-only it stacks the compressed layers (decoded,
+stacked, compressed again: lossless).
 
 --compressed-only builds the model compressed layer by layer (each matrix drawn in BF16 on the
 device, compressed, released), so a model whose BF16 weights do not fit the GPU (the 70B
@@ -117,9 +118,6 @@ def main(argv=None):
     ap.add_argument("--device", default="cuda", help="cpu only for a smoke test (--mode eager)")
     ap.add_argument("--json")
     args = ap.parse_args(argv)
-    if args.fuse_siblings and args.compressed_only:
-        ap.error("--fuse-siblings needs the BF16 model (it stacks BF16 weights before "
-                 "compressing); --compressed-only never builds it whole")
     batches = [int(b) for b in args.batches.split(",")]
     base = CONFIGS[args.model]
     layers = args.layers or base["num_hidden_layers"]
@@ -132,6 +130,9 @@ def main(argv=None):
         model, summary = build_model(layers, device=args.device, base=base,
                                      compress_as_built=True, embeddings=args.compress_embeddings)
         print(f"# built and compressed in {time.perf_counter() - started:.1f} s: {summary}")
+        if args.fuse_siblings:
+            probe = torch.zeros(1, 2, dtype=torch.long, device=args.device)
+            print(f"# siblings: {fuse_siblings(model, probe).summary()}", flush=True)
         hf_bench.set_gemm_path(model, args.path)
         print(f"# zipgen ({args.path} GEMM path): {hf_bench.weight_memory(model)}; no BF16 "
               f"baseline (--compressed-only)", flush=True)

@@ -318,6 +318,11 @@ def test_e2e_benchmark_script_on_a_shrunk_model(monkeypatch, capsys, tmp_path):
     text = capsys.readouterr().out
     assert "no BF16 baseline" in text and "70B architecture" in text
     assert json.loads(out.read_text())["rows"][0]["batch"] == 1
+    # built compressed, then its compressed siblings stacked
+    e2e.main(["--model", "70b", "--layers", "1", "--device", "cpu", "--mode", "eager",
+              "--batches", "1", "--prompt", "4", "--new-tokens", "3", "--compressed-only",
+              "--fuse-siblings"])
+    assert "# siblings: 5 Linear layers fused into 2" in capsys.readouterr().out
     # the same with the embedding table compressed too: still the BF16 model's tokens
     e2e.main(["--layers", "1", "--device", "cpu", "--mode", "eager", "--batches", "2",
               "--prompt", "4", "--new-tokens", "3", "--compress-embeddings", "--json", str(out)])
