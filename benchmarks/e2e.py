@@ -40,8 +40,8 @@ import time
 
 import torch
 
-from zipgen.integrations import hf_bench
-from zipgen.nn import compress_model, empty_weights, fuse_siblings
+from zipgen.integrations import hf, hf_bench
+from zipgen.nn import compress_model, empty_weights
 
 # Llama-3.1-8B (meta-llama/Llama-3.1-8B config.json)
 LLAMA_31_8B = dict(
@@ -131,8 +131,7 @@ def main(argv=None):
                                      compress_as_built=True, embeddings=args.compress_embeddings)
         print(f"# built and compressed in {time.perf_counter() - started:.1f} s: {summary}")
         if args.fuse_siblings:
-            probe = torch.zeros(1, 2, dtype=torch.long, device=args.device)
-            print(f"# siblings: {fuse_siblings(model, probe).summary()}", flush=True)
+            print(f"# siblings: {hf.fuse_projections(model).summary()}", flush=True)
         hf_bench.set_gemm_path(model, args.path)
         print(f"# zipgen ({args.path} GEMM path): {hf_bench.weight_memory(model)}; no BF16 "
               f"baseline (--compressed-only)", flush=True)
@@ -144,8 +143,7 @@ def main(argv=None):
         print(f"# built in {time.perf_counter() - started:.1f} s; prompt {args.prompt}, "
               f"{args.new_tokens} new tokens, mode {args.mode}", flush=True)
         if args.fuse_siblings:
-            probe = torch.zeros(1, 2, dtype=torch.long, device=args.device)
-            print(f"# siblings: {fuse_siblings(model, probe).summary()} (both models)",
+            print(f"# siblings: {hf.fuse_projections(model).summary()} (both models)",
                   flush=True)
         text, rows = hf_bench.compare(
             model, lambda m: compress_model(m, embeddings=args.compress_embeddings).summary(),

@@ -28,6 +28,7 @@ import torch
 from ..checkpoint.manifest import Manifest
 from ..errors import InputError
 from ..nn.compressed import CompressedWeight
+from ..nn.fuse import fuse_siblings as stack_siblings
 from ..nn.replace import empty_weights, load_compressed
 from ..report import human_bytes
 
@@ -73,10 +74,14 @@ def from_pretrained(folder, device="cuda", dtype=torch.bfloat16, fuse_siblings: 
     if (folder / "generation_config.json").is_file():
         model.generation_config = transformers.GenerationConfig.from_pretrained(folder)
     if fuse_siblings:
-        from ..nn import fuse_siblings as fuse
-
-        fuse(model, torch.zeros(1, 2, dtype=torch.long, device=device))  # a 2-token probe
+        fuse_projections(model)
     return model
+
+
+def fuse_projections(model):
+    """zipgen.nn.fuse_siblings for a transformers model (q / k / v and gate / up stacked),
+    probed with two token ids; returns its FusionReport."""
+    return stack_siblings(model, torch.zeros(1, 2, dtype=torch.long, device=model.device))
 
 
 @dataclass(frozen=True)
