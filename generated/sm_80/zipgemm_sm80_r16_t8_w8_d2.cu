@@ -14,7 +14,8 @@ zipgemm_sm80_r16_t8_w8_d2(const uint4* __restrict__ sign_mantissa, const unsigne
   // 20480 bytes, dynamic: the launch passes them (and opts in above 48 KB)
   extern __shared__ __align__(16) unsigned char smem[];
   const zipgen::GemmArgs args{sign_mantissa, planes, fallback_entries, fallback_offsets, x, bias,
-                              y, m, n, k, strips_per_row_group, entry_words, base};
+                              y, m, n, k, strips_per_row_group, entry_words, base,
+                              nullptr};
   // warps, row groups, strip rows per warp, token tiles, load depth, staged activations, wgmma
   zipgen::zipgemm_rows<8, 1, 1, 1, 2, false, false>(
       args, smem);

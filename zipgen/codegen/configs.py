@@ -143,6 +143,8 @@ class ZipGemmConfig(_Config):
         # FP32 partial sums per warp and strip row, token-major with 4 words of padding per
         # token (reuses the tiles)
         partials = (self.warps_per_cta * self.row_strips * 16 + 4) * self.tokens * 4
+        if self.wgmma:  # then the TMA's two mbarriers per K slice (tma_activations.cuh)
+            return max(tiles, partials) + 16 * (self.warps_per_cta // self.row_groups)
         return max(tiles, partials)
 
     def kernel_name(self, arch: ArchTraits) -> str:

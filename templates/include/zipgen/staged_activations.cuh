@@ -118,7 +118,8 @@ struct StagedActivations {
   }
 
   // This lane's copies have landed (wait), and everybody's are visible to the group (sync).
-  __device__ __forceinline__ void wait_and_sync() const {
+  // (The buffer matters to TmaActivations only.)
+  __device__ __forceinline__ void wait_and_sync(int /*b*/) const {
     cp_async_wait_all();
     if constexpr (kSwizzled) fence_proxy_async_shared();  // wgmma reads via the async proxy
     sync();

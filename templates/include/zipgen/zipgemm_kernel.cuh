@@ -16,6 +16,7 @@
 #pragma once
 #include <zipgen/mma.cuh>
 #include <zipgen/staged_activations.cuh>
+#include <zipgen/tma_activations.cuh>
 #include <zipgen/tcatbe.cuh>
 
 namespace zipgen {
@@ -39,6 +40,7 @@ struct GemmArgs {
   int strips_per_row_group;
   int entry_words;  // size of the (padded) entry stream in 32-bit words
   int base;
+  const void* x_map;  // wgmma: the TMA tensor map of x (a __grid_constant__ parameter)
 };
 
 // A lane's words of strip s: 16-byte sign-mantissa chunks lane and 32 + lane of the strip's
@@ -189,7 +191,7 @@ __device__ __forceinline__ void multiply_strip(float (&acc)[kTokenTiles][4], con
   bool synced = false;
   if constexpr (kStageX) {
     if (first_of_unit) {
-      staged.wait_and_sync();  // the staged registers and the unit's activations are visible
+      staged.wait_and_sync(buffer);  // the staged registers and the unit's activations are visible
       copy_next();             // nobody reads the other buffer any more
       if constexpr (kHoldB) staged.fragments(bf, buffer);
       synced = true;
@@ -249,6 +251,10 @@ struct StagingOf {
 template <int kRowGroups, int kTokenTiles, int kSlices, bool kSwizzled>
 struct StagingOf<true, kRowGroups, kTokenTiles, kSlices, kSwizzled> {
   using type = StagedActivations<kRowGroups, kTokenTiles, kSlices, kSwizzled>;
+};
+template <int kRowGroups, int kTokenTiles, int kSlices>
+struct StagingOf<true, kRowGroups, kTokenTiles, kSlices, true> {  // wgmma: through the TMA
+  using type = TmaActivations<kRowGroups, kTokenTiles, kSlices>;
 };
 
 template <int kWarps, int kRowGroups, int kRowStrips, int kTokenTiles, int kDepth,
@@ -325,7 +331,18 @@ __device__ __forceinline__ void zipgemm_rows(const GemmArgs& a, unsigned char* s
       unsigned first = shared_address(smem + kWarps * kWarpTileBytes);
       if constexpr (kWgmma) first = (first + 1023u) & ~1023u;  // swizzle atoms: 1024-aligned
       const unsigned base = first + slice * 2 * staged_buffer_bytes<kTokenTiles, kWgmma>();
-      return Staging(base, member, slice, lane, x_row);
+      if constexpr (kWgmma) {
+        // the mbarriers after everything else shared memory holds, the partial sums of the
+        // epilogue included (ZipGemmConfig.smem_bytes)
+        constexpr int kStaged = kWarps * kWarpTileBytes + 1024 +
+                                kWarpsK * 2 * staged_buffer_bytes<kTokenTiles, true>();
+        constexpr int kPartials = (kWarps * kRowStrips * kStripRows + 4) * kTokens * 4;
+        constexpr int kBarriers = kStaged > kPartials ? kStaged : kPartials;
+        return Staging(base, shared_address(smem + kBarriers) + 16u * slice, member, slice, lane,
+                       a.x_map, tok0);
+      } else {
+        return Staging(base, member, slice, lane, x_row);
+      }
     } else {
       return Staging{};
     }
