@@ -5,7 +5,6 @@ cuda.core does the driver work (module load, launch); cubins come from zipgen.bu
 kept for the process."""
 from __future__ import annotations
 
-import ctypes
 import threading
 
 import numpy as np
@@ -126,7 +125,7 @@ def _kernel_argument(a):
         return np.int32(a)
     if isinstance(a, float):
         return np.float32(a)
-    if isinstance(a, ctypes.Array) or type(a).__name__ == "TensorMapDescriptor":
+    if type(a).__name__ == "TensorMapDescriptor":
         return a  # a TMA tensor map (zipgen.runtime.tma): cuda.core passes it by value
     raise TypeError(f"cannot pass {type(a).__name__} to a kernel")
 
