@@ -250,7 +250,7 @@ struct StagingOf {
 };
 template <int kRowGroups, int kTokenTiles, int kSlices, bool kSwizzled>
 struct StagingOf<true, kRowGroups, kTokenTiles, kSlices, kSwizzled> {
-  using type = StagedActivations<kRowGroups, kTokenTiles, kSlices, kSwizzled>;
+  using type = StagedActivations<kRowGroups, kTokenTiles, kSlices>;
 };
 template <int kRowGroups, int kTokenTiles, int kSlices>
 struct StagingOf<true, kRowGroups, kTokenTiles, kSlices, true> {  // wgmma: through the TMA
