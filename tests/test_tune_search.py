@@ -100,6 +100,27 @@ def test_an_older_kernels_winner_is_tried_after_the_last_winner(tmp_path, built,
     assert built[:2] == [fused_config(1, N, K), shipped]
 
 
+@pytest.mark.parametrize("op", ["zipgemm", "decode"])
+def test_tpe_samples_every_tuned_field(op):
+    """A field missing from FIELD_ORDER would keep its default in every TPE proposal (x_strips
+    once did: a whole re-tune never tried it)."""
+    from zipgen.tune.sampling import FIELD_ORDER
+    from zipgen.tune.space import VALUES
+    assert sorted(FIELD_ORDER[op]) == sorted(VALUES[op])
+    sampling = search.Sampling(enumerate_space(op, "sm_90", 16 if op == "zipgemm" else None),
+                               trials=8, seed=0)
+    seen = {f: set() for f in VALUES[op]}
+    for _ in range(400):
+        trial = sampling.study.ask()
+        try:
+            cfg = sampling.suggest(trial)
+        except optuna.TrialPruned:
+            continue
+        for f in seen:
+            seen[f].add(getattr(cfg, f))
+    assert all(len(v) > 1 for v in seen.values()), seen
+
+
 def test_tpe_for_big_spaces_prunes_invalid_proposals_without_measuring(tmp_path, built):
     fake = FakeMeasurer()
     t = tuner(tmp_path, fake, ops=("zipgemm",), ms=(1,), trials=30, seed=3)
