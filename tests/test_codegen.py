@@ -345,9 +345,28 @@ def test_wgmma_configs_are_valid_only_where_the_warpgroup_fits():
                 ZipGemmConfig(8, 4, 1, 4, True, 2, True)):
         assert any("warpgroup" in p for p in bad.problems(arch_traits("sm_90a"))), bad
     assert ok.kernel_name(arch_traits("sm_90a")).endswith("_wg")
-    # 128-byte swizzle atoms instead of 144-byte rows, plus 1 KiB to align them
+    # 128-byte swizzle atoms instead of 144-byte rows, plus 1 KiB to align them, plus the TMA's
+    # two 8-byte mbarriers per K slice
     plain = ZipGemmConfig(8, 4, 1, 4, True, 1, False)
-    assert ok.smem_bytes == plain.smem_bytes - 2 * 2 * 4 * 8 * 16 + 1024
+    assert ok.smem_bytes == plain.smem_bytes - 2 * 2 * 4 * 8 * 16 + 1024 + 2 * 16
+
+
+def test_grouped_activation_strips_are_valid_only_on_the_staged_mma_sync_path():
+    from zipgen.codegen import ZipGemmConfig
+    ok = ZipGemmConfig(16, 2, 1, 4, True, 1, False, 4)
+    assert not ok.problems(arch_traits("sm_80")) and not ok.problems(arch_traits("sm_90"))
+    assert ok.kernel_name(arch_traits("sm_90")).endswith("_x4")
+    one = ZipGemmConfig(16, 2, 1, 4, True, 1, False, 1)
+    assert not one.kernel_name(arch_traits("sm_90")).endswith("_x1")
+    # the double buffer holds 4 strips per half: 4 slices x 2 x 4 x 2 token tiles x 8 rows x 144
+    assert ok.smem_bytes == one.smem_bytes + 4 * 2 * 3 * 2 * 8 * 144
+    for bad, why in ((ZipGemmConfig(16, 2, 1, 4, False, 1, False, 2), "stage_x"),
+                     (ZipGemmConfig(16, 4, 1, 4, True, 1, True, 2), "wgmma"),
+                     (ZipGemmConfig(16, 2, 1, 4, True, 1, False, 3), "1, 2 or 4")):
+        assert any(why in p for p in bad.problems(arch_traits("sm_90"))), bad
+    # too much shared memory for the sm_86 / sm_89 opt-in limit
+    assert any("shared memory" in p for p in
+               ZipGemmConfig(16, 8, 1, 1, True, 1, False, 4).problems(arch_traits("sm_86")))
 
 
 def test_wgmma_kernels_compile_to_warpgroup_mma():

@@ -119,6 +119,35 @@ def test_every_config_with_two_strip_rows_per_warp(cfg):
     _check_config(cfg)
 
 
+@pytest.mark.parametrize("cfg", [c for c in (ZipGemmConfig(w, t, d, rg, True, rs, False, xs)
+                                               for w in (4, 8, 16) for t in (1, 2, 4, 8)
+                                               for d in (1, 2) for rg in (1, 2, 4)
+                                               for rs in (1, 2) for xs in (2, 4))
+                                 if not c.problems(ARCHES["sm_90"])])
+def test_every_config_with_grouped_activation_strips(cfg):
+    """x_strips: 2 or 4 K strips of staged activations per barrier, partial last groups."""
+    _check_config(cfg)
+
+
+FEW_STRIPS_CONFIGS = [ZipGemmConfig(16, 2, 1, 4, True, 1, False, 4),
+                      ZipGemmConfig(8, 2, 2, 1, True, 2, False, 4),
+                      ZipGemmConfig(4, 1, 1, 2, True, 1, False, 2)]
+# Checked at collection, so on the CPU too: a hand-picked config over sm_90's shared memory
+# would fail its GPU test with an InputError instead of testing the kernel.
+for _cfg in FEW_STRIPS_CONFIGS:
+    assert not _cfg.problems(ARCHES["sm_90"]), f"invalid test config: {_cfg.describe()}"
+
+
+@pytest.mark.parametrize("k", [72, 136, 264, 1096])
+@pytest.mark.parametrize("cfg", FEW_STRIPS_CONFIGS)
+def test_grouped_activation_strips_with_few_strips_per_warp(cfg, k):
+    """Groups larger than a warp's whole K share (no full group, a partial one, the ragged
+    strip alone) still copy, wait and read the right slots."""
+    w, ct = make(200, k, seed=k)
+    x = activations(cfg.tokens - 1, k)
+    assert_close(gemm(x, ct, config=cfg, fused=True), reference(x, w))
+
+
 def _check_config(cfg):
     # 300 rows: a partial last row group and CTA; K = 1608: a ragged last strip (K % 64 = 8)
     w, ct = make(300, 1608, seed=7)
@@ -184,7 +213,10 @@ def test_deterministic():
                                  ZipGemmConfig(8, 4, 1, 4, True), ZipGemmConfig(4, 4, 2, 1, True),
                                  ZipGemmConfig(16, 1, 1, 2, True), ZipGemmConfig(16, 4, 1, 4, True),
                                  ZipGemmConfig(8, 4, 1, 4, True, 2), ZipGemmConfig(16, 2, 1, 2, True, 2),
-                                 ZipGemmConfig(4, 4, 2, 1, True, 2)])
+                                 ZipGemmConfig(4, 4, 2, 1, True, 2),
+                                 ZipGemmConfig(16, 2, 1, 4, True, 1, False, 4),
+                                 ZipGemmConfig(8, 4, 1, 4, True, 1, False, 2),
+                                 ZipGemmConfig(16, 2, 1, 2, True, 2, False, 4)])
 def test_staged_activations_have_no_race(cfg):
     """The row groups of a K slice share staged activations through named barriers (one row
     group: __syncwarp), and the last CTA's extra row groups take part in them. A missing or

@@ -59,7 +59,9 @@ def test_refuses_another_arch(capsys, monkeypatch):
 
 @pytest.mark.parametrize("args,match", [(["--shape", "4096by4096"], "bad shape"),
                                         (["--shape", "64x64", "--m", "3"], "buckets"),
-                                        (["--shape", "64x64", "--trials", "0"], "--trials")])
+                                        (["--shape", "64x64", "--trials", "0"], "--trials"),
+                                        (["--shape", "64x64", "--start-from", "/nonexistent"],
+                                         "no such database folder: /nonexistent")])
 def test_bad_arguments(capsys, args, match):
     assert main(["tune", "--arch", "sm_80", "--dry-run"] + args) == 2
     assert match in capsys.readouterr().err

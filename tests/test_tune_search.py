@@ -75,6 +75,52 @@ def test_default_first_then_last_winner(tmp_path, built):
     assert built[0] == DecodeConfig()
 
 
+def test_an_older_kernels_winner_is_tried_after_the_last_winner(tmp_path, built, monkeypatch):
+    """After a header change every record is stale: its winner ranks nothing (it timed other
+    code) but is the study's third guess, from this database or from --start-from's."""
+    monkeypatch.setattr(search, "current_headers_sha256", lambda: "new headers")
+    earlier, shipped = ZipGemmConfig(16, 2, 3, 2), ZipGemmConfig(8, 1, 2, 4)
+
+    def record(cfg, us, device="Fake A100"):
+        return search.Record(op="zipgemm", n=N, k=K, m=1, arch="sm_80", device_name=device,
+                             sm_count=108, config=cfg.as_dict(), status="ok", median_us=us,
+                             env={"headers_sha256": "old headers"})
+    TuningDB(tmp_path / "db").append(record(earlier, 5.0))
+    t = tuner(tmp_path / "db", ops=("zipgemm",), ms=(1,))
+    assert t.records == [] and t.hints  # stale: not resumed, not a last winner
+    t.run()
+    assert built[:2] == [fused_config(1, N, K), earlier]
+    best = winners(TuningDB(tmp_path / "db").read())
+    assert all(r.env["headers_sha256"] == "new headers" for r in best.values())
+
+    built.clear()
+    TuningDB(tmp_path / "shipped").append(record(shipped, 4.0))
+    TuningDB(tmp_path / "shipped").append(record(earlier, 1.0, device="Another GPU"))
+    tuner(tmp_path / "fresh", ops=("zipgemm",), ms=(1,), start_from=(tmp_path / "shipped",)).run()
+    assert built[:2] == [fused_config(1, N, K), shipped]
+
+
+@pytest.mark.parametrize("op", ["zipgemm", "decode"])
+def test_tpe_samples_every_tuned_field(op):
+    """A field missing from FIELD_ORDER would keep its default in every TPE proposal (x_strips
+    once did: a whole re-tune never tried it)."""
+    from zipgen.tune.sampling import FIELD_ORDER
+    from zipgen.tune.space import VALUES
+    assert sorted(FIELD_ORDER[op]) == sorted(VALUES[op])
+    sampling = search.Sampling(enumerate_space(op, "sm_90", 16 if op == "zipgemm" else None),
+                               trials=8, seed=0)
+    seen = {f: set() for f in VALUES[op]}
+    for _ in range(400):
+        trial = sampling.study.ask()
+        try:
+            cfg = sampling.suggest(trial)
+        except optuna.TrialPruned:
+            continue
+        for f in seen:
+            seen[f].add(getattr(cfg, f))
+    assert all(len(v) > 1 for v in seen.values()), seen
+
+
 def test_tpe_for_big_spaces_prunes_invalid_proposals_without_measuring(tmp_path, built):
     fake = FakeMeasurer()
     t = tuner(tmp_path, fake, ops=("zipgemm",), ms=(1,), trials=30, seed=3)

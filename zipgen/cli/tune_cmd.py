@@ -41,6 +41,11 @@ def add_parsers(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="sampler and operand seed")
     p.add_argument("--db", type=Path, metavar="PATH",
                    help=f"database folder (default: $ZIPGEN_TUNING_DB, else {write_folder()})")
+    p.add_argument("--start-from", type=Path, action="append", default=[], metavar="PATH",
+                   help="a database folder whose winners for this GPU each study tries first, "
+                        "whatever kernel version they timed (e.g. the shipped database, after a "
+                        "kernel change made it stale); repeatable. This database's own older "
+                        "winners are always tried")
     p.add_argument("--keep-going", action="store_true",
                    help="record a wrong result as status correctness and go on (default: stop)")
     p.add_argument("--dry-run", action="store_true",
@@ -69,6 +74,9 @@ def cmd_tune(args) -> int:
     ops = OPS_CHOICES[args.op]
     if args.trials < 1:
         raise InputError("--trials must be at least 1")
+    missing = [str(p) for p in args.start_from if not p.is_dir()]
+    if missing:
+        raise InputError(f"--start-from: no such database folder: {', '.join(missing)}")
     db = TuningDB(args.db if args.db is not None else write_folder())
     if args.dry_run:
         print(dry_run(args.arch, shapes, ms, ops, args.trials, db))
@@ -79,7 +87,8 @@ def cmd_tune(args) -> int:
 
     from ..tune.search import Options, Tuner
     from ..tune.worker import Worker
-    tuner = Tuner(Options(shapes, ms, ops, args.trials, args.seed, args.keep_going), target, db,
+    tuner = Tuner(Options(shapes, ms, ops, args.trials, args.seed, args.keep_going,
+                          tuple(args.start_from)), target, db,
                   measurer=Worker(timeout_s=args.timeout_s))
     plan = tuner.plan()
     switch_steps = len(ms) if "zipgemm" in ops and 1 in ms else 0  # decode + cuBLAS per bucket

@@ -85,6 +85,9 @@ class ZipGemmConfig(_Config):
     # Hopper warpgroup MMA (sm_90a only; wgmma.cuh): the 4 row groups of a K slice are one
     # warpgroup that reads the staged activations once, instead of each warp through ldmatrix
     wgmma: bool = False
+    # staged mma.sync path: K strips of activations copied per barrier of the row groups (a
+    # larger double buffer, a quarter of the barriers at 4)
+    x_strips: int = 1
 
     op = "zipgemm"
     template = "zipgemm.cu.j2"
@@ -106,6 +109,11 @@ class ZipGemmConfig(_Config):
             out.append(f"row_strips={self.row_strips} is not 1 or 2")
         if self.row_groups not in (1, 2, 4) or self.warps_per_cta % self.row_groups:
             out.append(f"row_groups={self.row_groups} is not 1, 2 or 4 dividing warps_per_cta")
+        if self.x_strips not in (1, 2, 4):
+            out.append(f"x_strips={self.x_strips} is not 1, 2 or 4")
+        elif self.x_strips > 1 and not (self.stage_x is True and self.wgmma is False):
+            out.append("x_strips > 1 needs stage_x=True and wgmma=False (it groups the staged "
+                       "mma.sync path's copies; wgmma stages through the TMA)")
         if not isinstance(self.wgmma, bool):
             out.append(f"wgmma={self.wgmma!r} is not a bool")
         elif self.wgmma:
@@ -138,18 +146,21 @@ class ZipGemmConfig(_Config):
         tiles = self.warps_per_cta * 32 * 80
         if self.stage_x:
             pitch = 128 if self.wgmma else 144  # wgmma: 128-byte swizzle atoms, 1024-aligned
-            tiles += (self.warps_per_cta // self.row_groups * 2 * self.token_tiles * 8 * pitch
-                      + (1024 if self.wgmma else 0))
+            tiles += (self.warps_per_cta // self.row_groups * 2 * self.x_strips
+                      * self.token_tiles * 8 * pitch + (1024 if self.wgmma else 0))
         # FP32 partial sums per warp and strip row, token-major with 4 words of padding per
         # token (reuses the tiles)
         partials = (self.warps_per_cta * self.row_strips * 16 + 4) * self.tokens * 4
+        if self.wgmma:  # then the TMA's two mbarriers per K slice (tma_activations.cuh)
+            return max(tiles, partials) + 16 * (self.warps_per_cta // self.row_groups)
         return max(tiles, partials)
 
     def kernel_name(self, arch: ArchTraits) -> str:
         return (f"zipgemm_{arch.short}_r{self.rows}_t{self.tokens}_w{self.warps_per_cta}"
                 f"_d{self.depth}" + ("_sx" if self.stage_x else "")
                 + (f"_s{self.row_strips}" if self.row_strips > 1 else "")
-                + ("_wg" if self.wgmma else ""))
+                + ("_wg" if self.wgmma else "")
+                + (f"_x{self.x_strips}" if self.x_strips > 1 else ""))
 
     @property
     def rows(self) -> int:

@@ -17,6 +17,7 @@ from ..format.layout import padded_shape
 from ..tune import dispatch
 from .decode import check_stream_alignment, decompress_cuda
 from .kernels import get_kernel, launch
+from .tma import x_tensor_map
 
 # Largest M for which the fused kernel is used; above it, decode + cuBLAS. From the fused vs
 # decode+cuBLAS columns of benchmarks/gemm.py on an H200 (BENCHMARKS.md: fused wins at M = 32 on
@@ -116,11 +117,12 @@ def gemm(x: torch.Tensor, w: CompressedTensor, bias: torch.Tensor | None = None,
         # the tuned winner for (device, N, K, M bucket), else fused_config; cached per key
         cfg = config or dispatch.choose("zipgemm", x.device, n, k, m, fused_config)
         kernel = get_kernel("zipgemm", cfg, x.device)
+        args = (w.sign_mantissa, w.planes, w.fallback_entries, w.fallback_offsets, x2, bias, y2,
+                m, n, k, padded_shape(n, k)[1] // 64, w.fallback_entries.numel() // 4, w.base)
+        if cfg.wgmma:  # its activations come through the TMA
+            args += (x_tensor_map(x2, cfg.tokens),)
         launch(kernel, grid=cfg.grid(n, m), block=(cfg.threads,), shared_bytes=cfg.smem_bytes,
-               args=(w.sign_mantissa, w.planes, w.fallback_entries, w.fallback_offsets, x2,
-                     bias, y2, m, n, k, padded_shape(n, k)[1] // 64,
-                     w.fallback_entries.numel() // 4, w.base),
-               device=x.device)
+               args=args, device=x.device)
     else:
         weight = decompress_cuda(w, out=_scratch_for(x.device, n, k))
         # the calls F.linear makes, so that this path equals F.linear on the original weights

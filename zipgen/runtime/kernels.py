@@ -114,7 +114,7 @@ def _stream_of(torch_stream: torch.cuda.Stream):
 def _kernel_argument(a):
     """Tensors and None become pointers (cuda.core passes a Python int as a pointer), Python
     ints int32 and floats float32 (never doubles: the kernels take 32-bit scalars); numpy
-    scalars pass as they are."""
+    scalars and TMA tensor maps pass as they are."""
     if isinstance(a, torch.Tensor):
         return a.data_ptr()
     if a is None:
@@ -125,6 +125,8 @@ def _kernel_argument(a):
         return np.int32(a)
     if isinstance(a, float):
         return np.float32(a)
+    if type(a).__name__ == "TensorMapDescriptor":
+        return a  # a TMA tensor map (zipgen.runtime.tma): cuda.core passes it by value
     raise TypeError(f"cannot pass {type(a).__name__} to a kernel")
 
 

@@ -1,6 +1,6 @@
 """The tuner. Per shape: the decoder, then the fused GEMM per M bucket, each an Optuna study over
 the statically valid configurations (brute force when the space fits the trial budget, seeded
-TPE otherwise; the default and the last winner enqueued first); then the fused-vs-decode switch
+TPE otherwise; the default, the last winner and an earlier kernel's winner enqueued first); then the fused-vs-decode switch
 point. Each candidate is compiled here and verified + timed in a worker process; every outcome
 becomes a Record in the tuning database, which stays the truth (studies live in memory).
 """
@@ -16,7 +16,7 @@ from ..bundle.verify import current_headers_sha256
 from ..codegen import OPS, DecodeConfig, build_kernel, render
 from ..errors import CompileError, InputError, ZipgenError
 from .buckets import M_BUCKETS
-from .db import TuningDB, config_key, winners
+from .db import TuningDB, config_key, read_records, winners
 from .record import SWITCH_OP, Record, environment
 from .sampling import Sampling
 from .space import enumerate_space, planned_trials
@@ -49,6 +49,7 @@ class Options:
     trials: int = 100
     seed: int = 0
     keep_going: bool = False
+    start_from: tuple = ()  # database folders whose winners seed the studies (any kernel version)
 
 
 @dataclass
@@ -103,9 +104,15 @@ class Tuner:
         self.progress = progress  # a tqdm-like bar (update, set_postfix_str) or None
         self.headers = current_headers_sha256()  # the kernel bodies live in headers
         # this target's records of today's kernels: older kernels' timings rank nothing now
-        self.records = [r for r in db.read()
-                        if (r.arch, r.device_name) == (target.arch, target.device_name)
-                        and r.measured_with(self.headers)]
+        here = [r for r in db.read()
+                if (r.arch, r.device_name) == (target.arch, target.device_name)]
+        self.records = [r for r in here if r.measured_with(self.headers)]
+        # Winners of other kernel versions (this database's older records, all of --start-from's)
+        # rank nothing, since they timed other code; but after a header change they are the best
+        # first guesses, so each study tries them right after the default and the last winner.
+        others = [r for r in read_records(options.start_from)
+                  if (r.arch, r.device_name) == (target.arch, target.device_name)]
+        self.hints = winners([r for r in here if not r.measured_with(self.headers)] + others)
         self.done = {self._identity(r.op, r.n, r.k, r.m_bucket, r.config, r.env): r
                      for r in self.records}
         self.report = Report()
@@ -173,7 +180,8 @@ class Tuner:
 
     # -- one study ----------------------------------------------------------------------------
     def study(self, op: str, label: str, n: int, k: int, bucket: int | None) -> Row:
-        """One Optuna study: the default first, then the last winner, then the sampler's picks."""
+        """One Optuna study: the default first, then the last winner, an earlier kernel's winner
+        (self.hints), then the sampler's picks."""
         sampling = Sampling(enumerate_space(op, self.target.arch, bucket), self.o.trials,
                             self.o.seed)
         self.studies.append((op, label, bucket, sampling.study))
@@ -187,8 +195,9 @@ class Tuner:
 
         key = (op, self.target.arch, self.target.device_name, n, k, bucket)
         default = default_config(op, n, k, bucket)
-        last = winners(self.records).get(key)
-        for cfg in dict.fromkeys([default] + ([_config(op, last.config)] if last else [])):
+        first = [default] + [_config(op, r.config) for r in (winners(self.records).get(key),
+                                                              self.hints.get(key)) if r]
+        for cfg in dict.fromkeys(c for c in first if c is not None):
             if not sampling.enqueue(cfg) and cfg == default:
                 self.evaluate(op, n, k, bucket, default)  # the table compares against it
         if self.progress is not None:

@@ -12,7 +12,7 @@ from ..codegen import OPS, arch_traits
 VALUES: dict[str, dict[str, tuple]] = {
     "zipgemm": {"warps_per_cta": (2, 4, 8, 16), "token_tiles": (1, 2, 4, 8, 16),
                 "depth": (1, 2, 3, 4), "row_groups": (1, 2, 4), "stage_x": (False, True),
-                "row_strips": (1, 2), "wgmma": (False, True)},
+                "row_strips": (1, 2), "wgmma": (False, True), "x_strips": (1, 2, 4)},
     "decode": {"warps_per_cta": (1, 2, 4, 8, 16), "strips_per_warp": (1, 2, 4, 8)},
 }
 

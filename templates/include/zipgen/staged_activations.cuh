@@ -9,10 +9,8 @@
 // between the wait for strip j's copies and the issue of strip j + 1's into the other buffer:
 // past it, every warp is done reading strip j - 1's buffer and sees all of strip j's.
 //
-// The wgmma variant (kSwizzled) stores each token tile as the 128-byte swizzle atom wgmma reads
-// through a descriptor (wgmma.cuh): rows of exactly 128 bytes, chunk c of row r at chunk
-// c ^ (r & 7), the buffers 1024-byte aligned; its writes are fenced to the async proxy before
-// the barrier.
+// The wgmma variant stages through the TMA instead (tma_activations.cuh), into buffers of the
+// 128-byte swizzle layout (kSwizzled below: rows of exactly 128 bytes).
 #pragma once
 #include <zipgen/mma.cuh>
 #include <zipgen/tcatbe.cuh>
@@ -48,9 +46,9 @@ __device__ __forceinline__ void named_barrier(int id) {
   if constexpr (kId < kLast) named_barrier<kId + 1, kLast, kThreads>(id);
 }
 
-template <int kRowGroups, int kTokenTiles, int kSlices, bool kSwizzled = false>
+template <int kRowGroups, int kTokenTiles, int kSlices>
 struct StagedActivations {
-  static constexpr int kXPitchBytes = x_pitch_bytes<kSwizzled>();
+  static constexpr int kXPitchBytes = x_pitch_bytes<false>();
   static constexpr int kXTileBytes = 8 * kXPitchBytes;
   // pair p of a strip: token row p >> 2, chunks 2 (p & 3) and 2 (p & 3) + 1 (columns
   // 16 (p & 3) .. + 15); the group's lane i copies pairs i, i + kGroupLanes, ...
@@ -58,15 +56,11 @@ struct StagedActivations {
   static constexpr int kGroupLanes = 32 * kRowGroups;
   static constexpr int kPerLane = (kPairs + kGroupLanes - 1) / kGroupLanes;
   static constexpr bool kEveryLaneCopies = kPairs % kGroupLanes == 0;
-  static constexpr int kBufferBytes = staged_buffer_bytes<kTokenTiles, kSwizzled>();
+  static constexpr int kBufferBytes = staged_buffer_bytes<kTokenTiles>();
   static constexpr int kRowStep = kGroupLanes / 4;  // token rows between a lane's pairs
-  // swizzled: a lane's rows r, r + kRowStep, ... share r & 7, so one chunk offset serves all
-  static_assert(!kSwizzled || kPerLane == 1 || kRowStep % 8 == 0, "rows must share r & 7");
 
   const unsigned short* src[kPerLane];  // this lane's pairs in the slice's first strip
   unsigned copy_to;  // shared address of this lane's first pair (its first chunk) in buffer 0
-  int second;        // bytes from the pair's first chunk to its second: 16, or -16 swizzled
-  unsigned buffer0;  // the double buffer (for the wgmma descriptors)
   unsigned read_at;  // this lane's ldmatrix row address in buffer 0 (see multiply)
   int column;        // 16 (p & 3): the lane's first column within a strip
   bool copies;       // false for the idle lanes when the group has more lanes than pairs
@@ -83,10 +77,7 @@ struct StagedActivations {
     for (int u = 0; u < kPerLane; ++u)
       src[u] = x_rows(min((i >> 2) + u * kRowStep, 8 * kTokenTiles - 1)) + column;
     const int row = i >> 2, chunk = 2 * (i & 3);
-    const int flip = kSwizzled ? (row & 7) : 0;  // chunk c is stored at c ^ flip
-    copy_to = base + row * kXPitchBytes + 16 * (chunk ^ flip);
-    second = 16 * ((chunk + 1) ^ flip) - 16 * (chunk ^ flip);
-    buffer0 = base;
+    copy_to = base + row * kXPitchBytes + 16 * chunk;
     read_at = base + (lane >> 4) * kXTileBytes + (lane & 7) * kXPitchBytes + 16 * ((lane >> 3) & 1);
     barrier = 1 + slice;  // 0 is __syncthreads'
   }
@@ -109,7 +100,7 @@ struct StagedActivations {
         // a zero-filled chunk still needs a valid address: the row at the strip's first column
         const bool in = !kRagged || column + 8 * h < cols_left;
         const unsigned short* from = src[u] + offset;
-        const int chunk_at = h ? (kSwizzled ? second : 16) : 0;
+        const int chunk_at = 16 * h;
         cp_async_16(copy_to + b * kBufferBytes + u * kRowStep * kXPitchBytes + chunk_at,
                     in ? from + 8 * h : from - column, in ? 16u : 0u);
       }
@@ -118,16 +109,12 @@ struct StagedActivations {
   }
 
   // This lane's copies have landed (wait), and everybody's are visible to the group (sync).
-  __device__ __forceinline__ void wait_and_sync() const {
+  // (The buffer matters to TmaActivations only.)
+  __device__ __forceinline__ void wait_and_sync(int /*b*/) const {
     cp_async_wait_all();
-    if constexpr (kSwizzled) fence_proxy_async_shared();  // wgmma reads via the async proxy
     sync();
   }
 
-  // wgmma: the descriptor of tensor-core tile t (columns 16 t .. 16 t + 15) of buffer b.
-  __device__ __forceinline__ unsigned long long descriptor(int b, int t) const {
-    return sw128_kmajor_descriptor(buffer0 + b * kBufferBytes + 32 * t);
-  }
   __device__ __forceinline__ void sync() const {
     if constexpr (kRowGroups == 1) {
       __syncwarp();

@@ -35,11 +35,6 @@ __device__ __forceinline__ void wgmma_fence_fragments(unsigned (&a)[4][4]) {
 #pragma unroll
     for (int i = 0; i < 4; ++i) asm volatile("" : "+r"(a[t][i])::"memory");
 }
-// Makes this thread's generic-proxy writes to shared memory (cp.async included) visible to the
-// async proxy that wgmma reads through; then a barrier orders them before the wgmma.
-__device__ __forceinline__ void fence_proxy_async_shared() {
-  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-}
 
 // Shared-memory matrix descriptor of a K-major operand in the 128-byte swizzle layout: atoms of
 // 8 rows x 128 bytes (1024 bytes, 1024-aligned), 16-byte chunk c of row r stored at chunk

@@ -16,6 +16,7 @@
 #pragma once
 #include <zipgen/mma.cuh>
 #include <zipgen/staged_activations.cuh>
+#include <zipgen/tma_activations.cuh>
 #include <zipgen/tcatbe.cuh>
 
 namespace zipgen {
@@ -39,6 +40,7 @@ struct GemmArgs {
   int strips_per_row_group;
   int entry_words;  // size of the (padded) entry stream in 32-bit words
   int base;
+  const void* x_map;  // wgmma: the TMA tensor map of x (a __grid_constant__ parameter)
 };
 
 // A lane's words of strip s: 16-byte sign-mantissa chunks lane and 32 + lane of the strip's
@@ -153,16 +155,19 @@ struct NoCopy {
 
 // Decode one strip into this lane's shared-memory slice, patch its fallbacks, and multiply
 // with the B fragments bf, which the caller loaded (direct) or which come from the staged
-// buffer `buffer`. Staged: at the first strip of a unit (first_of_unit: the warp's kRowStrips
-// strips of one K strip share their activations), once the group has synchronised, copy_next()
-// issues the next unit's copies; with kHoldB the fragments are then read into bf for the whole
-// unit, without it each tile reads its fragments just before its multiply. wgmma: af holds the
-// A fragments of the strip last issued, whose wgmmas stay in flight unless wait_now.
+// buffer slot `buffer`. Staged: at the first strip of a group of units (group_start: a unit is
+// the warp's kRowStrips strips of one K strip, which share their activations; a group is
+// kXStrips units staged together), once the group has synchronised, copy_next() issues the next
+// group's copies; at the first strip of a unit (first_of_unit), with kHoldB, the fragments are
+// read into bf for the whole unit, without it each tile reads its fragments just before its
+// multiply. wgmma: af holds the A fragments of the strip last issued, whose wgmmas stay in
+// flight unless wait_now.
 template <int kTokenTiles, bool kStageX, bool kHoldB, bool kWgmma, typename Staged,
           typename CopyNext>
 __device__ __forceinline__ void multiply_strip(float (&acc)[kTokenTiles][4], const StripInput& in,
                                                unsigned (&bf)[kTokenTiles][4][2],
-                                               bool first_of_unit, const Staged& staged,
+                                               bool first_of_unit, bool group_start,
+                                               const Staged& staged,
                                                int buffer, const CopyNext& copy_next,
                                                unsigned base_pair, unsigned lane_tile,
                                                const GemmArgs& a, int offset,
@@ -189,10 +194,12 @@ __device__ __forceinline__ void multiply_strip(float (&acc)[kTokenTiles][4], con
   bool synced = false;
   if constexpr (kStageX) {
     if (first_of_unit) {
-      staged.wait_and_sync();  // the staged registers and the unit's activations are visible
-      copy_next();             // nobody reads the other buffer any more
+      if (group_start) {
+        staged.wait_and_sync(buffer);  // the staged registers and the group's activations are visible
+        copy_next();                   // nobody reads the other buffer any more
+        synced = true;
+      }
       if constexpr (kHoldB) staged.fragments(bf, buffer);
-      synced = true;
     }
   }
   if (!synced) __syncwarp();  // every lane's staged registers are written
@@ -248,16 +255,25 @@ struct StagingOf {
 };
 template <int kRowGroups, int kTokenTiles, int kSlices, bool kSwizzled>
 struct StagingOf<true, kRowGroups, kTokenTiles, kSlices, kSwizzled> {
-  using type = StagedActivations<kRowGroups, kTokenTiles, kSlices, kSwizzled>;
+  using type = StagedActivations<kRowGroups, kTokenTiles, kSlices>;
+};
+template <int kRowGroups, int kTokenTiles, int kSlices>
+struct StagingOf<true, kRowGroups, kTokenTiles, kSlices, true> {  // wgmma: through the TMA
+  using type = TmaActivations<kRowGroups, kTokenTiles, kSlices>;
 };
 
+__host__ __device__ constexpr int gcd(int a, int b) { return b == 0 ? a : gcd(b, a % b); }
+
 template <int kWarps, int kRowGroups, int kRowStrips, int kTokenTiles, int kDepth,
-          bool kStageX, bool kWgmma = false>
+          bool kStageX, bool kWgmma = false, int kXStrips = 1>
 __device__ __forceinline__ void zipgemm_rows(const GemmArgs& a, unsigned char* smem) {
   static_assert(kRowStrips == 1 || kRowStrips == 2, "a warp multiplies 1 or 2 strip rows");
   // wgmma: the 4 warps of a K slice (row groups) are one warpgroup, warp w its rows 16 w
   static_assert(!kWgmma || (kStageX && kRowGroups == 4 && kRowStrips == 1),
                 "the wgmma variant needs staged activations, 4 row groups, 1 strip row");
+  // kXStrips units of activations per copy and barrier (staged mma.sync path only)
+  static_assert(kXStrips == 1 || (kStageX && !kWgmma && (kXStrips == 2 || kXStrips == 4)),
+                "groups of 2 or 4 units need the staged mma.sync path");
   constexpr int kTokens = kTokenTiles * 8;
   constexpr int kWarpsK = kWarps / kRowGroups;  // warps sharing one row group split its K
   constexpr int kBuffers = kDepth + 1;          // strips loaded ahead + the one being used
@@ -268,7 +284,9 @@ __device__ __forceinline__ void zipgemm_rows(const GemmArgs& a, unsigned char* s
   // serialize them (C7515), so the body is twice as long. At 64 and 128 tokens the overlap
   // measured 15 % slower (more live registers), so each strip waits for its own.
   constexpr bool kOverlapWgmma = kWgmma && kTokenTiles <= 4;
-  constexpr int kUnroll = kBuffers * kRowStrips * (kOverlapWgmma ? 2 : 1);
+  // units per body: also a multiple of kXStrips, so that a unit's place in its group is too
+  constexpr int kRingUnits = kBuffers * (kOverlapWgmma ? 2 : 1);
+  constexpr int kUnroll = kRingUnits / gcd(kRingUnits, kXStrips) * kXStrips * kRowStrips;
   // the B fragments stay in registers for a unit's strips (direct: always; staged: when the
   // unit has several strips), or each tile reads them from the staged buffer (staged, one)
   constexpr bool kHoldB = !kStageX || kRowStrips > 1;
@@ -317,21 +335,36 @@ __device__ __forceinline__ void zipgemm_rows(const GemmArgs& a, unsigned char* s
     x.cols_left = cols_left_of(j);
     return x;
   };
-  // Staged: the slice's double buffer, after every warp's decode tiles; unit j
-  // sits in buffer j & 1, copied during unit j - 1.
+  // Staged: the slice's double buffer of kXStrips slots each, after every warp's decode
+  // tiles; unit j sits in slot slot_of(j), copied at the start of the group before its own.
+  const auto slot_of = [](int j) { return (j / kXStrips & 1) * kXStrips + j % kXStrips; };
   using Staging = typename StagingOf<kStageX, kRowGroups, kTokenTiles, kWarpsK, kWgmma>::type;
   Staging staged = [&] {
     if constexpr (kStageX) {
       unsigned first = shared_address(smem + kWarps * kWarpTileBytes);
       if constexpr (kWgmma) first = (first + 1023u) & ~1023u;  // swizzle atoms: 1024-aligned
-      const unsigned base = first + slice * 2 * staged_buffer_bytes<kTokenTiles, kWgmma>();
-      return Staging(base, member, slice, lane, x_row);
+      const unsigned base =
+          first + slice * 2 * kXStrips * staged_buffer_bytes<kTokenTiles, kWgmma>();
+      if constexpr (kWgmma) {
+        // the mbarriers after everything else shared memory holds, the partial sums of the
+        // epilogue included (ZipGemmConfig.smem_bytes)
+        constexpr int kStaged = kWarps * kWarpTileBytes + 1024 +
+                                kWarpsK * 2 * staged_buffer_bytes<kTokenTiles, true>();
+        constexpr int kPartials = (kWarps * kRowStrips * kStripRows + 4) * kTokens * 4;
+        constexpr int kBarriers = kStaged > kPartials ? kStaged : kPartials;
+        return Staging(base, shared_address(smem + kBarriers) + 16u * slice, member, slice, lane,
+                       a.x_map, tok0);
+      } else {
+        return Staging(base, member, slice, lane, x_row);
+      }
     } else {
       return Staging{};
     }
   }();
   if constexpr (kStageX) {
-    if (full > 0) staged.template copy<false>(0, 0, 0);
+#pragma unroll
+    for (int n = 0; n < kXStrips; ++n)
+      if (n < full) staged.template copy<false>(columns_of(n), n, 0);
   }
 
   // Strip i of this warp: K strip (unit) j = i / kRowStrips of its slice, strip row
@@ -402,21 +435,26 @@ __device__ __forceinline__ void zipgemm_rows(const GemmArgs& a, unsigned char* s
           direct_fragments<kTokenTiles, false>(bf, x.rows, x.cols_left, lane);
         }
       }
-      const auto copy_next = [&] {  // the group's next full unit
+      const auto copy_next = [&] {  // the next group's full units (called at a group's start)
         if constexpr (kStageX) {
-          if (j + 1 < full) staged.template copy<false>(columns_of(j + 1), (j + 1) & 1, 0);
+#pragma unroll
+          for (int n = 0; n < kXStrips; ++n) {
+            const int next = j + kXStrips + n;
+            if (next < full) staged.template copy<false>(columns_of(next), slot_of(next), 0);
+          }
         }
       };
       multiply_strip<kTokenTiles, kStageX, kHoldB, kWgmma>(
-          acc[s], ring[b], bf, s == 0, staged, j & 1, copy_next, base_pair, lane_tile, a, offset,
-          af, !kOverlapWgmma || u == kUnroll - 1);
+          acc[s], ring[b], bf, s == 0, s == 0 && j % kXStrips == 0, staged, slot_of(j),
+          copy_next, base_pair, lane_tile, a, offset, af, !kOverlapWgmma || u == kUnroll - 1);
     }
   }
   if (owns_ragged) {  // once per row: load it directly
-    // Its activations go to buffer full & 1, which nobody has read since the last unit's
-    // barrier (staged).
+    // Its activations go to the first slot of the buffer after the last group's, which nobody
+    // has read since that group's barrier (staged).
+    const int ragged_slot = ((full + kXStrips - 1) / kXStrips & 1) * kXStrips;
     if constexpr (kStageX) {
-      staged.template copy<true>(columns_of(full), full & 1, cols_left_of(full));
+      staged.template copy<true>(columns_of(full), ragged_slot, cols_left_of(full));
     } else {
       const StripActivations<kTokenTiles> x = activations_of(full);
       direct_fragments<kTokenTiles, true>(bf, x.rows, x.cols_left, lane);
@@ -432,8 +470,8 @@ __device__ __forceinline__ void zipgemm_rows(const GemmArgs& a, unsigned char* s
       ragged.skip = EntrySource::skip(offset);
       ragged.count = streams.offset(strip + 1) - offset;
       multiply_strip<kTokenTiles, kStageX, kHoldB, kWgmma>(
-          acc[s], ragged, bf, s == 0, staged, full & 1, NoCopy{}, base_pair, lane_tile, a, offset,
-          af, true);
+          acc[s], ragged, bf, s == 0, s == 0, staged, ragged_slot, NoCopy{}, base_pair,
+          lane_tile, a, offset, af, true);
     }
   }
 
