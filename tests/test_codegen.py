@@ -417,3 +417,44 @@ def test_wgmma_kernels_are_not_serialized_by_ptxas():
         log = compile_cubin(rendered.source, rendered.arch, options=("-Xptxas=-v",),
                             include_dirs=(include_dir(),)).log
         assert "Used" in log and "C7515" not in log and " 0 bytes spill stores" in log, log[-2000:]
+
+
+def test_split_k_configs_names_grids_and_workspace():
+    from zipgen.codegen import ZipGemmConfig, render
+    cfg = ZipGemmConfig(16, 4, 1, 4, True, 1, True, 1, 3)
+    assert not cfg.problems(arch_traits("sm_90"))
+    assert cfg.kernel_name(arch_traits("sm_90a")).endswith("_wg_k3")
+    assert cfg.grid(6144, 33) == (96, 2, 3)  # 64 rows, 32 tokens per CTA, 3 CTAs per tile
+    assert cfg.split_k_sizes(6144, 33) == (96 * 2 * 3 * 64 * 32, 96 * 2)
+    one = ZipGemmConfig(16, 4, 1, 4, True, 1, True)
+    assert one.split_k_sizes(6144, 33) == (0, 0) and one.grid(6144, 33) == (96, 2, 1)
+    assert "_k" not in one.kernel_name(arch_traits("sm_90a"))
+    # the two pointers are parameters of split-K kernels only
+    assert "workspace" in render("zipgemm", "sm_90", cfg).source
+    assert "float* __restrict__ workspace" not in render("zipgemm", "sm_90", one).source
+    assert any("k_splits=5" in p for p in ZipGemmConfig(k_splits=5).problems(arch_traits("sm_80")))
+
+
+@pytest.mark.parametrize("arch, cfg", [
+    ("sm_80", (8, 1, 2, 1, False, 1, False, 1, 2)), ("sm_86", (8, 2, 1, 2, True, 1, False, 2, 4)),
+    ("sm_89", (8, 4, 1, 2, True, 2, False, 1, 3)), ("sm_90", (16, 4, 1, 4, True, 1, True, 1, 2)),
+    ("sm_90", (4, 16, 2, 4, True, 1, True, 1, 4))])
+def test_split_k_kernels_compile_without_spills_and_count_tiles_atomically(arch, cfg):
+    """Every arch and path; the tile's arrival counter is one global atomic per CTA, and the
+    wgmma kernels stay unserialized (C7515) with it."""
+    from zipgen.codegen import ZipGemmConfig, render
+    from zipgen.codegen.build import include_dir
+    from zipgen.compile.nvrtc import compile_cubin
+    cfg = ZipGemmConfig(*cfg)
+    assert not cfg.problems(arch_traits(arch))
+    rendered = render("zipgemm", arch, cfg)
+    built = compile_cubin(rendered.source, rendered.arch, options=("-Xptxas=-v",),
+                          include_dirs=(include_dir(),))
+    assert " 0 bytes spill stores" in built.log and "C7515" not in built.log, built.log[-2000:]
+    tool = _cuobjdump()
+    if tool is None:
+        pytest.skip("cuobjdump not found (pip install nvidia-cuda-cuobjdump)")
+    from zipgen.compile.sass import sass_rows
+    ops = [op.lstrip("@") for _, op, _ in sass_rows(built.cubin, tool)]
+    assert sum(op.startswith(("ATOMG.E.ADD", "ATOMG.ADD")) for op in ops) == 1, \
+        sorted({op for op in ops if "ATOM" in op or "RED" in op})

@@ -27,6 +27,9 @@ FUSED_MAX_M = 32
 
 _scratch_lock = threading.Lock()
 _scratch: dict[tuple, torch.Tensor] = {}
+# split-K's FP32 workspaces and arrival counters per (device, stream): every one ever made,
+# smallest first. None is freed or replaced, so a CUDA graph that captured one stays valid.
+_split_k: dict[tuple, list[tuple[torch.Tensor, torch.Tensor]]] = {}
 
 
 def _scratch_for(device: torch.device, n: int, k: int) -> torch.Tensor:
@@ -38,6 +41,25 @@ def _scratch_for(device: torch.device, n: int, k: int) -> torch.Tensor:
         if buf is None:
             buf = _scratch[key] = torch.empty((n, k), dtype=torch.bfloat16, device=device)
     return buf
+
+
+def _split_k_buffers(device: torch.device, floats: int, tiles: int):
+    """A workspace of at least `floats` FP32 and `tiles` arrival counters for a split-K launch
+    on the current stream. Per stream, since two launches running at once would mix their
+    counters; reused along a stream, since its launches run one after another and each leaves
+    the counters at 0. Sizes grow in powers of two."""
+    key = (device, torch.cuda.current_stream(device).cuda_stream)
+    with _scratch_lock:
+        pairs = _split_k.setdefault(key, [])
+        for workspace, counters in pairs:
+            if workspace.numel() >= floats and counters.numel() >= tiles:
+                return workspace, counters
+        size = max(1 << (floats - 1).bit_length(), pairs[-1][0].numel() if pairs else 0)
+        count = max(1 << (tiles - 1).bit_length(), pairs[-1][1].numel() if pairs else 0)
+        pair = (torch.empty(size, dtype=torch.float32, device=device),
+                torch.zeros(count, dtype=torch.int32, device=device))
+        pairs.append(pair)
+        return pair
 
 
 def fused_config(m: int, n: int, k: int) -> ZipGemmConfig:
@@ -121,6 +143,8 @@ def gemm(x: torch.Tensor, w: CompressedTensor, bias: torch.Tensor | None = None,
                 m, n, k, padded_shape(n, k)[1] // 64, w.fallback_entries.numel() // 4, w.base)
         if cfg.wgmma:  # its activations come through the TMA
             args += (x_tensor_map(x2, cfg.tokens),)
+        if cfg.k_splits > 1:
+            args += _split_k_buffers(x.device, *cfg.split_k_sizes(n, m))
         launch(kernel, grid=cfg.grid(n, m), block=(cfg.threads,), shared_bytes=cfg.smem_bytes,
                args=args, device=x.device)
     else:
