@@ -204,6 +204,35 @@ def test_fused_main_loop_stays_within_its_instruction_budget(fields, tmp_path):
         f"{' '.join(str(int(v)) for v in fields)} --lines shows where they go)")
 
 
+# The wgmma kernels (sm_90a): 258-278 per strip at 4-16 warps and 32-128 tokens. With the
+# warpgroups' barrier id an immediate chosen by a compare chain, ptxas kept the global-memory
+# descriptor in registers and copied it to uniform ones before every load: 27-31 R2UR and
+# 300-329 instructions per strip at 16 warps (tma_activations.cuh). About 11 R2UR remain: the
+# HGMMAs' shared-memory descriptors and the TMA's operands.
+WGMMA_LOOP_CEILINGS = {(4, 4, 1, 4, True, 1, True): 265, (8, 4, 1, 4, True, 1, True): 265,
+                       (16, 4, 1, 4, True, 1, True): 265, (16, 16, 1, 4, True, 1, True): 285}
+
+
+@pytest.mark.parametrize("fields", sorted(WGMMA_LOOP_CEILINGS))
+def test_wgmma_main_loop_stays_within_its_instruction_budget(fields):
+    tool = _cuobjdump()
+    from cuda.pathfinder import find_nvidia_binary_utility
+    if tool is None or find_nvidia_binary_utility("nvdisasm") is None:
+        pytest.skip("cuobjdump / nvdisasm not found (pip install nvidia-cuda-cuobjdump "
+                    "nvidia-cuda-nvdisasm)")
+    from zipgen.codegen import ZipGemmConfig
+    from zipgen.compile.sass import main_loop, sass_rows, strips_in
+    kernel = build_kernel("zipgemm", "sm_90", ZipGemmConfig(*fields))
+    body = main_loop(sass_rows(kernel.cubin, tool))
+    strips = strips_in(body)
+    ops = [op.lstrip("@") for _, op, _ in body]
+    assert sum(op.startswith("HGMMA") for op in ops) >= 4 * strips
+    assert sum(op.startswith("R2UR") for op in ops) <= 12 * strips, kernel.kernel_name
+    assert len(body) / strips <= WGMMA_LOOP_CEILINGS[fields], (
+        f"{kernel.kernel_name}: {len(body) / strips:.1f} instructions per strip, budget "
+        f"{WGMMA_LOOP_CEILINGS[fields]}")
+
+
 @pytest.mark.parametrize("fields", [(4, 4, 4, 4, True), (8, 2, 1, 4, True), (16, 1, 1, 2, True),
                                     (8, 2, 1, 1, True), (4, 1, 1, 1, False), (8, 4, 1, 4, True, 2)])
 def test_fused_kernel_reserves_only_the_barriers_it_uses(fields, tmp_path):
@@ -220,6 +249,25 @@ def test_fused_kernel_reserves_only_the_barriers_it_uses(fields, tmp_path):
     path.write_bytes(build_kernel("zipgemm", "sm_90", cfg).cubin)
     shared = cfg.stage_x and cfg.row_groups > 1
     assert named_barriers(tool, path) == (1 + cfg.warps_per_cta // cfg.row_groups if shared else 1)
+
+
+@pytest.mark.parametrize("fields", [(8, 1, 1, 4, True, 1, True), (8, 4, 2, 4, True, 1, True),
+                                    (16, 1, 1, 4, True, 1, True), (16, 16, 1, 4, True, 1, True)])
+def test_wgmma_kernels_with_several_warpgroups_lose_no_ctas_to_barriers(fields, tmp_path):
+    """Their barrier id is a register (tma_activations.cuh), so ptxas reserves all 16 named
+    barriers, which caps an SM at 4 CTAs; their registers cap it lower already (65536 per
+    SM), so the barriers never decide occupancy."""
+    tool = _cuobjdump()
+    if tool is None:
+        pytest.skip("cuobjdump not found (pip install nvidia-cuda-cuobjdump)")
+    from zipgen.codegen import ZipGemmConfig
+    from zipgen.compile.cuobjdump import named_barriers, resource_usage
+    cfg = ZipGemmConfig(*fields)
+    path = tmp_path / "k.cubin"
+    path.write_bytes(build_kernel("zipgemm", "sm_90", cfg).cubin)
+    assert named_barriers(tool, path) == 16
+    (usage,) = resource_usage(tool, path).values()
+    assert 65536 // (usage["REG"] * cfg.threads) < 4, usage
 
 
 # --- validation ---------------------------------------------------------------------------------------
