@@ -1,8 +1,9 @@
 """The tuner. Per shape: the decoder, then the fused GEMM per M bucket, each an Optuna study over
 the statically valid configurations (brute force when the space fits the trial budget, seeded
-TPE otherwise; the default, the last winner and an earlier kernel's winner enqueued first); then the fused-vs-decode switch
-point. Each candidate is compiled here and verified + timed in a worker process; every outcome
-becomes a Record in the tuning database, which stays the truth (studies live in memory).
+TPE otherwise; the default, the last winner and an earlier kernel's winner enqueued first);
+then the fused-vs-decode switch point. Each candidate is compiled here and verified + timed in
+a worker process; every outcome becomes a Record in the tuning database, which stays the truth
+(studies live in memory).
 """
 from __future__ import annotations
 
@@ -104,15 +105,16 @@ class Tuner:
         self.progress = progress  # a tqdm-like bar (update, set_postfix_str) or None
         self.headers = current_headers_sha256()  # the kernel bodies live in headers
         # this target's records of today's kernels: older kernels' timings rank nothing now
-        here = [r for r in db.read()
-                if (r.arch, r.device_name) == (target.arch, target.device_name)]
+        def on_target(records):
+            return [r for r in records
+                    if (r.arch, r.device_name) == (target.arch, target.device_name)]
+        here = on_target(db.read())
         self.records = [r for r in here if r.measured_with(self.headers)]
         # Winners of other kernel versions (this database's older records, all of --start-from's)
         # rank nothing, since they timed other code; but after a header change they are the best
         # first guesses, so each study tries them right after the default and the last winner.
-        others = [r for r in read_records(options.start_from)
-                  if (r.arch, r.device_name) == (target.arch, target.device_name)]
-        self.hints = winners([r for r in here if not r.measured_with(self.headers)] + others)
+        self.hints = winners([r for r in here if not r.measured_with(self.headers)]
+                             + on_target(read_records(options.start_from)))
         self.done = {self._identity(r.op, r.n, r.k, r.m_bucket, r.config, r.env): r
                      for r in self.records}
         self.report = Report()
