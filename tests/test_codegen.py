@@ -228,7 +228,9 @@ def test_wgmma_main_loop_stays_within_its_instruction_budget(fields):
     strips = strips_in(body)
     ops = [op.lstrip("@") for _, op, _ in body]
     assert sum(op.startswith("HGMMA") for op in ops) >= 4 * strips
-    assert sum(op.startswith("R2UR") for op in ops) <= 12 * strips, kernel.kernel_name
+    # one warpgroup: its slice is a constant, its descriptors stay in uniform registers
+    r2ur = sum(op.startswith("R2UR") for op in ops)
+    assert r2ur <= (0 if fields[0] == 4 else 12 * strips), (kernel.kernel_name, r2ur)
     assert len(body) / strips <= WGMMA_LOOP_CEILINGS[fields], (
         f"{kernel.kernel_name}: {len(body) / strips:.1f} instructions per strip, budget "
         f"{WGMMA_LOOP_CEILINGS[fields]}")
@@ -431,14 +433,19 @@ def test_wgmma_kernels_compile_to_warpgroup_mma():
         pytest.skip("cuobjdump / nvdisasm not found (pip install nvidia-cuda-cuobjdump "
                     "nvidia-cuda-nvdisasm)")
     from zipgen.codegen import ZipGemmConfig
-    from zipgen.compile.sass import sass_rows
+    from zipgen.compile.sass import main_loop, sass_rows
     for cfg in (ZipGemmConfig(4, 4, 1, 4, True, 1, True), ZipGemmConfig(16, 1, 2, 4, True, 1, True)):
         ops = [op.lstrip("@") for _, op, _ in sass_rows(build_kernel("zipgemm", "sm_90a", cfg).cubin, tool)]
         assert sum(op.startswith("HGMMA") for op in ops) >= 8, cfg
         assert any(op.startswith("WARPGROUP.ARRIVE") for op in ops)
         assert any(op.startswith("WARPGROUP.DEPBAR") for op in ops)
-        assert any(op.startswith("FENCE.VIEW.ASYNC.S") for op in ops)
+        assert any(op.startswith("UTMALDG") for op in ops)  # activations through the TMA
         assert not any(op.startswith(("LDSM", "HMMA")) for op in ops)
+        # ... so no proxy fence (MEMBAR.ALL.CTA + FENCE.VIEW.ASYNC.S) waits for the stream
+        # loads in flight each strip
+        body = [op.lstrip("@") for _, op, _ in main_loop(sass_rows(
+            build_kernel("zipgemm", "sm_90a", cfg).cubin, tool))]
+        assert not any(op.startswith(("MEMBAR", "FENCE")) for op in body), cfg
 
 
 def test_wgmma_kernels_are_built_for_sm_90a_only():
