@@ -16,16 +16,12 @@ _BOX_COLUMNS = 64  # one strip: 128 bytes, the swizzle span
 
 def x_tensor_map(x2: torch.Tensor, tokens: int):
     """A kernel argument holding the tensor map of the contiguous, 16-byte aligned BF16 [M, K]
-    matrix x2 for boxes of `tokens` x 64 (K % 8 == 0: row strides are multiples of 16 bytes).
+    matrix x2 for boxes of `tokens` x 64 (K % 8 == 0: row strides are multiples of 16 bytes):
+    cuda.core's TensorMapDescriptor (cuda.core >= 1.2), which cuda.core.launch passes by value.
     Made per call: a descriptor holds a reference to its tensor, so a cache of them would keep
-    activations alive, and the launch copies it by value (a CUDA graph keeps that copy)."""
-    return _encode(x2, tokens)
-
-
-def _encode(x2: torch.Tensor, tokens: int):
-    """cuda.core's TensorMapDescriptor (cuda.core >= 1.2), which cuda.core.launch passes by
-    value. x2 goes in as int16 (DLPack has no portable BF16) with a 16-bit data type: the TMA
-    only moves the bits."""
+    activations alive, and the launch copies it by value (a CUDA graph keeps that copy). x2 goes
+    in as int16 (DLPack has no portable BF16) with a 16-bit data type: the TMA only moves the
+    bits."""
     try:
         from cuda.core._tensor_map import TensorMapOOBFill, TensorMapSwizzle
         from cuda.core.utils import StridedMemoryView
