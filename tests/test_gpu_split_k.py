@@ -7,11 +7,14 @@ import pytest
 import torch
 
 from zipgen.codegen import ZipGemmConfig, arch_traits
-from zipgen.runtime import gemm
+from zipgen.nn import DECODE, FUSED, ZipLinear
+from zipgen.runtime import gemm, workspace_bytes
+from zipgen.tune import dispatch
 
 from conftest import bits_of, requires_gpu
 from test_gpu_gemm import activations, assert_close, make, poisoned, reference
 from test_gpu_wgmma import hopper_only
+from test_nn import bf16_linear
 
 pytestmark = [pytest.mark.gpu, requires_gpu]
 
@@ -108,3 +111,54 @@ def test_two_streams_at_once():
     torch.cuda.synchronize()
     for x, out in zip(xs, outs):
         assert_close(out, reference(x, w))
+
+
+def _split_k_everywhere(monkeypatch, cfg):
+    """The runtime picks `cfg` for every fused call (the tuned winners of a test shape have no
+    split-K)."""
+    choose = dispatch.choose
+    monkeypatch.setattr(dispatch, "choose", lambda op, device, n, k, m, default:
+                        cfg if op == "zipgemm" else choose(op, device, n, k, m, default))
+
+
+@pytest.mark.parametrize("path", [FUSED, DECODE])
+def test_reduce_overhead_compile_keeps_the_runtime_buffers_out_of_its_pool(monkeypatch, path):
+    """torch.compile(mode="reduce-overhead") warms up with every allocation routed to its
+    CUDA-graph pool and fails the step when a tensor made there outlives it. The split-K
+    workspace and the decode scratch are first made during that warm-up (a fresh stream, a
+    fresh shape), so they must come from elsewhere (zipgen.runtime.workspace)."""
+    torch._dynamo.reset()
+    _split_k_everywhere(monkeypatch, MMA_SYNC[1])
+    lin = bf16_linear(2056, 1048, bias=True, seed=5).cuda()  # a shape no other test uses
+    zl = ZipLinear.from_linear(lin)
+    zl.fused = path
+    compiled = torch.compile(zl, mode="reduce-overhead")
+    with torch.no_grad():
+        for seed in range(4):  # warm-up, recording, then replays with new inputs
+            x = activations(16, 2056, seed=seed)
+            y = compiled(x)
+            if path == DECODE:
+                assert torch.equal(y, lin(x))
+            else:
+                assert_close(y, reference(x, lin.weight.detach(), lin.bias.detach()))
+    torch._dynamo.reset()
+
+
+def test_runtime_buffers_come_from_the_driver():
+    """Outside a capture the workspace is driver memory: workspace_bytes counts it and torch's
+    allocator does not (a fresh stream gets its own workspace)."""
+    cfg = MMA_SYNC[2]
+    w, ct = make(512, 1024)
+    x = activations(32, 1024)
+    out = poisoned(32, 512)
+    gemm(x, ct, out=out, config=cfg, fused=True)  # kernel loaded, default stream's workspace
+    stream = torch.cuda.Stream()
+    torch.cuda.synchronize()
+    driver, allocated = workspace_bytes(), torch.cuda.memory_allocated()
+    with torch.cuda.stream(stream):
+        gemm(x, ct, out=out, config=cfg, fused=True)
+    torch.cuda.synchronize()
+    floats, tiles = cfg.split_k_sizes(512, 32)
+    assert workspace_bytes() - driver >= 4 * (floats + tiles)
+    assert torch.cuda.memory_allocated() == allocated
+    assert_close(out, reference(x, w))
