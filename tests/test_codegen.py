@@ -182,7 +182,8 @@ def test_default_kernel_sass_has_every_stage(built, op, tmp_path):
 # took 272 at M = 1, the first loop 397). The kernel is latency- and issue-sensitive, so a
 # template edit that adds work to the loop should show up here first.
 LOOP_CEILINGS = {(4, 1, 1, 1, False): 235, (8, 1, 1, 2, True): 255, (8, 2, 1, 4, True): 245,
-                 (8, 4, 1, 4, True): 250, (8, 2, 1, 4, True, 2): 225, (8, 4, 1, 4, True, 2): 230}
+                 (8, 4, 1, 4, True): 250, (8, 2, 1, 4, True, 2): 225, (8, 4, 1, 4, True, 2): 230,
+                 (16, 4, 3, 2, True): 240}  # 8 slices: 270.5 with the compare chain's 8 BARs
 
 
 @pytest.mark.parametrize("fields", sorted(LOOP_CEILINGS))
@@ -204,12 +205,45 @@ def test_fused_main_loop_stays_within_its_instruction_budget(fields, tmp_path):
         f"{' '.join(str(int(v)) for v in fields)} --lines shows where they go)")
 
 
+# The wgmma kernels (sm_90a): 258-278 per strip at 4-16 warps and 32-128 tokens. With the
+# warpgroups' barrier id an immediate chosen by a compare chain, ptxas kept the global-memory
+# descriptor in registers and copied it to uniform ones before every load: 27-31 R2UR and
+# 300-329 instructions per strip at 16 warps (tma_activations.cuh). About 11 R2UR remain: the
+# HGMMAs' shared-memory descriptors and the TMA's operands.
+WGMMA_LOOP_CEILINGS = {(4, 4, 1, 4, True, 1, True): 265, (8, 4, 1, 4, True, 1, True): 265,
+                       (16, 4, 1, 4, True, 1, True): 265, (16, 16, 1, 4, True, 1, True): 285}
+
+
+@pytest.mark.parametrize("fields", sorted(WGMMA_LOOP_CEILINGS))
+def test_wgmma_main_loop_stays_within_its_instruction_budget(fields):
+    tool = _cuobjdump()
+    from cuda.pathfinder import find_nvidia_binary_utility
+    if tool is None or find_nvidia_binary_utility("nvdisasm") is None:
+        pytest.skip("cuobjdump / nvdisasm not found (pip install nvidia-cuda-cuobjdump "
+                    "nvidia-cuda-nvdisasm)")
+    from zipgen.codegen import ZipGemmConfig
+    from zipgen.compile.sass import main_loop, sass_rows, strips_in
+    kernel = build_kernel("zipgemm", "sm_90", ZipGemmConfig(*fields))
+    body = main_loop(sass_rows(kernel.cubin, tool))
+    strips = strips_in(body)
+    ops = [op.lstrip("@") for _, op, _ in body]
+    assert sum(op.startswith("HGMMA") for op in ops) >= 4 * strips
+    # one warpgroup: its slice is a constant, its descriptors stay in uniform registers
+    r2ur = sum(op.startswith("R2UR") for op in ops)
+    assert r2ur <= (0 if fields[0] == 4 else 12 * strips), (kernel.kernel_name, r2ur)
+    assert len(body) / strips <= WGMMA_LOOP_CEILINGS[fields], (
+        f"{kernel.kernel_name}: {len(body) / strips:.1f} instructions per strip, budget "
+        f"{WGMMA_LOOP_CEILINGS[fields]}")
+
+
 @pytest.mark.parametrize("fields", [(4, 4, 4, 4, True), (8, 2, 1, 4, True), (16, 1, 1, 2, True),
                                     (8, 2, 1, 1, True), (4, 1, 1, 1, False), (8, 4, 1, 4, True, 2)])
 def test_fused_kernel_reserves_only_the_barriers_it_uses(fields, tmp_path):
     """Row groups sharing staged activations sync on barriers 1 .. warps / row_groups (0 is
     __syncthreads). A barrier id in a register makes ptxas reserve all 16, which caps an SM at 4
-    resident CTAs (Nsight Compute's "Block Limit Barriers", H200, 2026-11-28)."""
+    resident CTAs (Nsight Compute's "Block Limit Barriers", H200, 2026-11-28): only CTAs of 16
+    warps (512 threads: 4 per SM at most anyway) take a register id, which saves the compare
+    chain's predicated BAR.SYNC per slice (staged_activations.cuh, slice_barrier)."""
     tool = _cuobjdump()
     if tool is None:
         pytest.skip("cuobjdump not found (pip install nvidia-cuda-cuobjdump)")
@@ -219,7 +253,28 @@ def test_fused_kernel_reserves_only_the_barriers_it_uses(fields, tmp_path):
     path = tmp_path / "k.cubin"
     path.write_bytes(build_kernel("zipgemm", "sm_90", cfg).cubin)
     shared = cfg.stage_x and cfg.row_groups > 1
-    assert named_barriers(tool, path) == (1 + cfg.warps_per_cta // cfg.row_groups if shared else 1)
+    slices = cfg.warps_per_cta // cfg.row_groups
+    expected = 1 if not shared else 16 if cfg.warps_per_cta == 16 and slices > 1 else 1 + slices
+    assert named_barriers(tool, path) == expected
+
+
+@pytest.mark.parametrize("fields", [(8, 1, 1, 4, True, 1, True), (8, 4, 2, 4, True, 1, True),
+                                    (16, 1, 1, 4, True, 1, True), (16, 16, 1, 4, True, 1, True)])
+def test_wgmma_kernels_with_several_warpgroups_lose_no_ctas_to_barriers(fields, tmp_path):
+    """Their barrier id is a register (tma_activations.cuh), so ptxas reserves all 16 named
+    barriers, which caps an SM at 4 CTAs; their registers cap it lower already (65536 per
+    SM), so the barriers never decide occupancy."""
+    tool = _cuobjdump()
+    if tool is None:
+        pytest.skip("cuobjdump not found (pip install nvidia-cuda-cuobjdump)")
+    from zipgen.codegen import ZipGemmConfig
+    from zipgen.compile.cuobjdump import named_barriers, resource_usage
+    cfg = ZipGemmConfig(*fields)
+    path = tmp_path / "k.cubin"
+    path.write_bytes(build_kernel("zipgemm", "sm_90", cfg).cubin)
+    assert named_barriers(tool, path) == 16
+    (usage,) = resource_usage(tool, path).values()
+    assert 65536 // (usage["REG"] * cfg.threads) < 4, usage
 
 
 # --- validation ---------------------------------------------------------------------------------------
@@ -378,14 +433,19 @@ def test_wgmma_kernels_compile_to_warpgroup_mma():
         pytest.skip("cuobjdump / nvdisasm not found (pip install nvidia-cuda-cuobjdump "
                     "nvidia-cuda-nvdisasm)")
     from zipgen.codegen import ZipGemmConfig
-    from zipgen.compile.sass import sass_rows
+    from zipgen.compile.sass import main_loop, sass_rows
     for cfg in (ZipGemmConfig(4, 4, 1, 4, True, 1, True), ZipGemmConfig(16, 1, 2, 4, True, 1, True)):
         ops = [op.lstrip("@") for _, op, _ in sass_rows(build_kernel("zipgemm", "sm_90a", cfg).cubin, tool)]
         assert sum(op.startswith("HGMMA") for op in ops) >= 8, cfg
         assert any(op.startswith("WARPGROUP.ARRIVE") for op in ops)
         assert any(op.startswith("WARPGROUP.DEPBAR") for op in ops)
-        assert any(op.startswith("FENCE.VIEW.ASYNC.S") for op in ops)
+        assert any(op.startswith("UTMALDG") for op in ops)  # activations through the TMA
         assert not any(op.startswith(("LDSM", "HMMA")) for op in ops)
+        # ... so no proxy fence (MEMBAR.ALL.CTA + FENCE.VIEW.ASYNC.S) waits for the stream
+        # loads in flight each strip
+        body = [op.lstrip("@") for _, op, _ in main_loop(sass_rows(
+            build_kernel("zipgemm", "sm_90a", cfg).cubin, tool))]
+        assert not any(op.startswith(("MEMBAR", "FENCE")) for op in body), cfg
 
 
 def test_wgmma_kernels_are_built_for_sm_90a_only():
@@ -417,3 +477,44 @@ def test_wgmma_kernels_are_not_serialized_by_ptxas():
         log = compile_cubin(rendered.source, rendered.arch, options=("-Xptxas=-v",),
                             include_dirs=(include_dir(),)).log
         assert "Used" in log and "C7515" not in log and " 0 bytes spill stores" in log, log[-2000:]
+
+
+def test_split_k_configs_names_grids_and_workspace():
+    from zipgen.codegen import ZipGemmConfig, render
+    cfg = ZipGemmConfig(16, 4, 1, 4, True, 1, True, 1, 3)
+    assert not cfg.problems(arch_traits("sm_90"))
+    assert cfg.kernel_name(arch_traits("sm_90a")).endswith("_wg_k3")
+    assert cfg.grid(6144, 33) == (96, 2, 3)  # 64 rows, 32 tokens per CTA, 3 CTAs per tile
+    assert cfg.split_k_sizes(6144, 33) == (96 * 2 * 3 * 64 * 32, 96 * 2)
+    one = ZipGemmConfig(16, 4, 1, 4, True, 1, True)
+    assert one.split_k_sizes(6144, 33) == (0, 0) and one.grid(6144, 33) == (96, 2, 1)
+    assert "_k" not in one.kernel_name(arch_traits("sm_90a"))
+    # the two pointers are parameters of split-K kernels only
+    assert "workspace" in render("zipgemm", "sm_90", cfg).source
+    assert "float* __restrict__ workspace" not in render("zipgemm", "sm_90", one).source
+    assert any("k_splits=5" in p for p in ZipGemmConfig(k_splits=5).problems(arch_traits("sm_80")))
+
+
+@pytest.mark.parametrize("arch, cfg", [
+    ("sm_80", (8, 1, 2, 1, False, 1, False, 1, 2)), ("sm_86", (8, 2, 1, 2, True, 1, False, 2, 4)),
+    ("sm_89", (8, 4, 1, 2, True, 2, False, 1, 3)), ("sm_90", (16, 4, 1, 4, True, 1, True, 1, 2)),
+    ("sm_90", (4, 16, 2, 4, True, 1, True, 1, 4))])
+def test_split_k_kernels_compile_without_spills_and_count_tiles_atomically(arch, cfg):
+    """Every arch and path; the tile's arrival counter is one global atomic per CTA, and the
+    wgmma kernels stay unserialized (C7515) with it."""
+    from zipgen.codegen import ZipGemmConfig, render
+    from zipgen.codegen.build import include_dir
+    from zipgen.compile.nvrtc import compile_cubin
+    cfg = ZipGemmConfig(*cfg)
+    assert not cfg.problems(arch_traits(arch))
+    rendered = render("zipgemm", arch, cfg)
+    built = compile_cubin(rendered.source, rendered.arch, options=("-Xptxas=-v",),
+                          include_dirs=(include_dir(),))
+    assert " 0 bytes spill stores" in built.log and "C7515" not in built.log, built.log[-2000:]
+    tool = _cuobjdump()
+    if tool is None:
+        pytest.skip("cuobjdump not found (pip install nvidia-cuda-cuobjdump)")
+    from zipgen.compile.sass import sass_rows
+    ops = [op.lstrip("@") for _, op, _ in sass_rows(built.cubin, tool)]
+    assert sum(op.startswith(("ATOMG.E.ADD", "ATOMG.ADD")) for op in ops) == 1, \
+        sorted({op for op in ops if "ATOM" in op or "RED" in op})

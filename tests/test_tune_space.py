@@ -61,6 +61,19 @@ def test_rejection_reasons_name_the_cause():
     assert any("decoding W again" in r for c, rs in few if c.token_tiles == 1 for r in rs)
 
 
+def test_split_k_is_searched_on_the_wgmma_path_from_m_16():
+    for bucket in (16, 32, 64, 128, 256):
+        valid = enumerate_space("zipgemm", "sm_90", bucket).valid
+        assert {c.k_splits for c in valid if c.wgmma} == {1, 2, 3, 4}
+        assert {c.k_splits for c in valid if not c.wgmma} == {1}
+    for arch, bucket in (("sm_90", 1), ("sm_90", 8), ("sm_80", 32)):
+        space = enumerate_space("zipgemm", arch, bucket)
+        assert {c.k_splits for c in space.valid} == {1}
+    reasons = {c: r for c, r in enumerate_space("zipgemm", "sm_90", 8).rejected if c.k_splits > 1}
+    assert any("M bucket 8" in r and "slower" in r for rs in reasons.values() for r in rs)
+    assert any("without wgmma" in r for rs in reasons.values() for r in rs)
+
+
 def test_defaults_are_in_their_space():
     """The tuner enqueues the default first: it must be searchable."""
     for arch, bucket in itertools.product(ARCHES, M_BUCKETS):

@@ -88,6 +88,11 @@ class ZipGemmConfig(_Config):
     # staged mma.sync path: K strips of activations copied per barrier of the row groups (a
     # larger double buffer, a quarter of the barriers at 4)
     x_strips: int = 1
+    # split-K across CTAs (grid z): the k_splits CTAs of an output tile share each row's K
+    # strips, write FP32 partial tiles, and the tile's last CTA to finish sums them in split
+    # order (deterministic). More CTAs where N / rows leaves SMs idle (the 64-row wgmma tile
+    # gives the 8B qkv 96 CTAs for 132 SMs)
+    k_splits: int = 1
 
     op = "zipgemm"
     template = "zipgemm.cu.j2"
@@ -114,6 +119,8 @@ class ZipGemmConfig(_Config):
         elif self.x_strips > 1 and not (self.stage_x is True and self.wgmma is False):
             out.append("x_strips > 1 needs stage_x=True and wgmma=False (it groups the staged "
                        "mma.sync path's copies; wgmma stages through the TMA)")
+        if self.k_splits not in (1, 2, 3, 4):
+            out.append(f"k_splits={self.k_splits} is not 1, 2, 3 or 4")
         if not isinstance(self.wgmma, bool):
             out.append(f"wgmma={self.wgmma!r} is not a bool")
         elif self.wgmma:
@@ -160,15 +167,24 @@ class ZipGemmConfig(_Config):
                 f"_d{self.depth}" + ("_sx" if self.stage_x else "")
                 + (f"_s{self.row_strips}" if self.row_strips > 1 else "")
                 + ("_wg" if self.wgmma else "")
-                + (f"_x{self.x_strips}" if self.x_strips > 1 else ""))
+                + (f"_x{self.x_strips}" if self.x_strips > 1 else "")
+                + (f"_k{self.k_splits}" if self.k_splits > 1 else ""))
 
     @property
     def rows(self) -> int:
         """Rows of y per CTA."""
         return 16 * self.row_groups * self.row_strips
 
-    def grid(self, n: int, m: int) -> tuple[int, int]:
-        return (-(-n // self.rows), -(-m // self.tokens))
+    def grid(self, n: int, m: int) -> tuple[int, int, int]:
+        return (-(-n // self.rows), -(-m // self.tokens), self.k_splits)
+
+    def split_k_sizes(self, n: int, m: int) -> tuple[int, int]:
+        """(FP32 workspace floats, arrival counters) a split-K launch needs; (0, 0) without
+        split-K: a partial tile per CTA, a counter per output tile."""
+        if self.k_splits == 1:
+            return 0, 0
+        tiles_x, tiles_y, splits = self.grid(n, m)
+        return tiles_x * tiles_y * splits * self.rows * self.tokens, tiles_x * tiles_y
 
 
 OPS = {"decode": DecodeConfig, "zipgemm": ZipGemmConfig}

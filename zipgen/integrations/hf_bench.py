@@ -5,7 +5,9 @@ Per batch size: a random prompt (same tokens for both models), prefill into a st
 then greedy decoding where one decode step (forward + argmax + bookkeeping) is replayed from a
 CUDA graph (graphs="graph"), run through torch.compile(mode="reduce-overhead") ("compile"), or
 run eagerly ("eager", also the CPU mode used by the tests). Times are wall clock around the
-decode loop after a synchronise; memory is torch.cuda's peak allocation during the run.
+decode loop after a synchronise; memory is torch.cuda's peak allocation during the run, plus,
+for a compressed model, the driver memory zipgen's runtime holds for its scratch buffers and
+split-K workspaces (zipgen.runtime.workspace_bytes), which torch does not count.
 
 Agreement with the baseline is reported two ways: free-running (each model feeds itself its own
 greedy tokens; one flipped argmax changes everything after it) and teacher-forced (the compressed
@@ -24,8 +26,10 @@ import torch
 
 from ..errors import InputError
 from ..report import human_bytes, table
+from .. import runtime
 from ..nn import ops
 from ..nn.linear import ZipLinear
+from ..nn.compressed import CompressedWeight
 from .hf import weight_memory
 
 MODES = ("graph", "compile", "eager")
@@ -162,6 +166,7 @@ def benchmark(model, label: str, batches=(1, 8, 32), prompt_len: int = 128,
     if device.type != "cuda" and mode != "eager":
         raise InputError(f"mode {mode!r} needs a CUDA model; use mode 'eager' on {device}")
     weights = weight_memory(model).total
+    compressed = any(isinstance(m, CompressedWeight) for m in model.modules())
     runs = []
     for batch in batches:
         prompt = prompts(model.config.vocab_size, batch, prompt_len).to(device)
@@ -174,7 +179,11 @@ def benchmark(model, label: str, batches=(1, 8, 32), prompt_len: int = 128,
         tokens, prefill_s, _ = results[0]
         decode_s = min(r[2] for r in results)
         steps = new_tokens - 1
-        peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else 0
+        peak = 0
+        if device.type == "cuda":
+            peak = torch.cuda.max_memory_allocated(device)
+            if compressed:
+                peak += runtime.workspace_bytes(device)
         runs.append(DecodeRun(label, batch, prompt_len, new_tokens, 1000 * prefill_s,
                               1000 * decode_s / steps, batch * steps / decode_s, weights, peak,
                               tokens))

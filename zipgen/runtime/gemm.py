@@ -6,8 +6,6 @@ the hot path synchronises with the host, so calls can be captured in CUDA graphs
 """
 from __future__ import annotations
 
-import threading
-
 import torch
 
 from ..codegen import ARCHES, ZipGemmConfig
@@ -18,26 +16,13 @@ from ..tune import dispatch
 from .decode import check_stream_alignment, decompress_cuda
 from .kernels import get_kernel, launch
 from .tma import x_tensor_map
+from .workspace import scratch, split_k_buffers
 
 # Largest M for which the fused kernel is used; above it, decode + cuBLAS. From the fused vs
 # decode+cuBLAS columns of benchmarks/gemm.py on an H200 (BENCHMARKS.md: fused wins at M = 32 on
 # every Llama layer but the 8B qkv, loses at 64); the tuned switch point of the device and shape
 # replaces it when the tuning database has one (zipgen.tune.dispatch).
 FUSED_MAX_M = 32
-
-_scratch_lock = threading.Lock()
-_scratch: dict[tuple, torch.Tensor] = {}
-
-
-def _scratch_for(device: torch.device, n: int, k: int) -> torch.Tensor:
-    """A BF16 [N, K] buffer reused by every decode+cuBLAS call of that shape on that device
-    (per stream ordering makes reuse safe; a side stream must not share it concurrently)."""
-    key = (device, n, k)
-    with _scratch_lock:
-        buf = _scratch.get(key)
-        if buf is None:
-            buf = _scratch[key] = torch.empty((n, k), dtype=torch.bfloat16, device=device)
-    return buf
 
 
 def fused_config(m: int, n: int, k: int) -> ZipGemmConfig:
@@ -121,10 +106,12 @@ def gemm(x: torch.Tensor, w: CompressedTensor, bias: torch.Tensor | None = None,
                 m, n, k, padded_shape(n, k)[1] // 64, w.fallback_entries.numel() // 4, w.base)
         if cfg.wgmma:  # its activations come through the TMA
             args += (x_tensor_map(x2, cfg.tokens),)
+        if cfg.k_splits > 1:
+            args += split_k_buffers(x.device, *cfg.split_k_sizes(n, m))
         launch(kernel, grid=cfg.grid(n, m), block=(cfg.threads,), shared_bytes=cfg.smem_bytes,
                args=args, device=x.device)
     else:
-        weight = decompress_cuda(w, out=_scratch_for(x.device, n, k))
+        weight = decompress_cuda(w, out=scratch(x.device, n, k))
         # the calls F.linear makes, so that this path equals F.linear on the original weights
         if bias is not None:
             torch.addmm(bias, x2, weight.t(), out=y2)

@@ -12,9 +12,28 @@ from ..codegen import OPS, arch_traits
 VALUES: dict[str, dict[str, tuple]] = {
     "zipgemm": {"warps_per_cta": (2, 4, 8, 16), "token_tiles": (1, 2, 4, 8, 16),
                 "depth": (1, 2, 3, 4), "row_groups": (1, 2, 4), "stage_x": (False, True),
-                "row_strips": (1, 2), "wgmma": (False, True), "x_strips": (1, 2, 4)},
+                "row_strips": (1, 2), "wgmma": (False, True), "x_strips": (1, 2, 4),
+                "k_splits": (1, 2, 3, 4)},
     "decode": {"warps_per_cta": (1, 2, 4, 8, 16), "strips_per_warp": (1, 2, 4, 8)},
 }
+
+
+# Split-K below this M bucket was slower in every cell measured (M = 1 / 8, the small layers
+# included: benchmarks/results/split-k-small-m-h200-2026-11-28.md), so it is not searched.
+SPLIT_K_MIN_M = 16
+
+
+def _split_k_reasons(cfg, m_bucket: int | None) -> list[str]:
+    """Where split-K is not searched: on the mma.sync path (no faster at M = 16 / 32, whose
+    winners' grids already kept the SMs busy) and at M = 1 / 8 (slower everywhere)."""
+    out = []
+    if cfg.wgmma is not True:
+        out.append(f"k_splits={cfg.k_splits} without wgmma: split-K on the mma.sync path was "
+                   f"no faster at M = 16 / 32 (branch next/split-k, BENCHMARKS.md)")
+    if m_bucket and m_bucket < SPLIT_K_MIN_M:
+        out.append(f"k_splits={cfg.k_splits} for M bucket {m_bucket}: split-K was slower in "
+                   f"all 16 cells measured at M = 1 / 8")
+    return out
 
 
 def token_tiles_for(m_bucket: int) -> tuple[int, ...]:
@@ -66,6 +85,8 @@ def enumerate_space(op: str, arch: str, m_bucket: int | None = None) -> Space:
         reasons = list(cfg.problems(traits))
         if useful_tiles and cfg.token_tiles not in useful_tiles:
             reasons.append(_tiles_reason(cfg.token_tiles, useful_tiles, m_bucket))
+        if op == "zipgemm" and cfg.k_splits > 1:
+            reasons += _split_k_reasons(cfg, m_bucket)
         if reasons:
             rejected.append((cfg, tuple(reasons)))
         else:

@@ -46,6 +46,20 @@ __device__ __forceinline__ void named_barrier(int id) {
   if constexpr (kId < kLast) named_barrier<kId + 1, kLast, kThreads>(id);
 }
 
+// bar.sync on barrier `id` (1 .. kSlices) of kThreads threads. Immediates (named_barrier) cost a
+// compare chain: kSlices predicated BAR.SYNCs issued per barrier, and with several slices on the
+// wgmma path ptxas then kept the global-memory descriptor in registers (an R2UR before every
+// load). A register id costs the 16 reserved barriers instead, which callers choose where
+// something else caps the SM at 4 CTAs or fewer anyway (kRegisterId).
+template <int kSlices, int kThreads, bool kRegisterId>
+__device__ __forceinline__ void slice_barrier(int id) {
+  if constexpr (kRegisterId && kSlices > 1) {
+    asm volatile("bar.sync %0, %1;\n" ::"r"(id), "n"(kThreads) : "memory");
+  } else {
+    named_barrier<1, kSlices, kThreads>(id);
+  }
+}
+
 template <int kRowGroups, int kTokenTiles, int kSlices>
 struct StagedActivations {
   static constexpr int kXPitchBytes = x_pitch_bytes<false>();
@@ -119,7 +133,8 @@ struct StagedActivations {
     if constexpr (kRowGroups == 1) {
       __syncwarp();
     } else {
-      named_barrier<1, kSlices, 32 * kRowGroups>(barrier);
+      // 16 warps: 512 threads, so at most 4 CTAs per SM whatever the barriers
+      slice_barrier<kSlices, 32 * kRowGroups, kSlices * kRowGroups == 16>(barrier);
     }
   }
 

@@ -12,7 +12,9 @@
 //      fragments of the strip's four tensor-core tiles, in the order the format stores them,
 //   4. multiplies them with every token tile: the strip is decoded once, whatever M is.
 // The warps' FP32 partial sums are added in a fixed order at the end (deterministic), so the
-// result is the same on every run.
+// result is the same on every run. With split-K (kSplits > 1, grid z) the kSplits CTAs of an
+// output tile share each row's K the same way, and the tile's last CTA to finish adds their
+// FP32 partial tiles in split order (deterministic too).
 #pragma once
 #include <zipgen/mma.cuh>
 #include <zipgen/staged_activations.cuh>
@@ -41,6 +43,8 @@ struct GemmArgs {
   int entry_words;  // size of the (padded) entry stream in 32-bit words
   int base;
   const void* x_map;  // wgmma: the TMA tensor map of x (a __grid_constant__ parameter)
+  float* workspace;   // split-K: FP32 partial tiles, [output tile][split][token][row]
+  unsigned* counters; // split-K: per output tile, its CTAs done so far (0 between launches)
 };
 
 // A lane's words of strip s: 16-byte sign-mantissa chunks lane and 32 + lane of the strip's
@@ -265,7 +269,7 @@ struct StagingOf<true, kRowGroups, kTokenTiles, kSlices, true> {  // wgmma: thro
 __host__ __device__ constexpr int gcd(int a, int b) { return b == 0 ? a : gcd(b, a % b); }
 
 template <int kWarps, int kRowGroups, int kRowStrips, int kTokenTiles, int kDepth,
-          bool kStageX, bool kWgmma = false, int kXStrips = 1>
+          bool kStageX, bool kWgmma = false, int kXStrips = 1, int kSplits = 1>
 __device__ __forceinline__ void zipgemm_rows(const GemmArgs& a, unsigned char* smem) {
   static_assert(kRowStrips == 1 || kRowStrips == 2, "a warp multiplies 1 or 2 strip rows");
   // wgmma: the 4 warps of a K slice (row groups) are one warpgroup, warp w its rows 16 w
@@ -276,6 +280,7 @@ __device__ __forceinline__ void zipgemm_rows(const GemmArgs& a, unsigned char* s
                 "groups of 2 or 4 units need the staged mma.sync path");
   constexpr int kTokens = kTokenTiles * 8;
   constexpr int kWarpsK = kWarps / kRowGroups;  // warps sharing one row group split its K
+  constexpr int kSlices = kWarpsK * kSplits;     // ... with those of the other kSplits CTAs
   constexpr int kBuffers = kDepth + 1;          // strips loaded ahead + the one being used
   // strips per unrolled loop body: a multiple of both, so that ring slot and strip row are
   // constants in it
@@ -298,21 +303,27 @@ __device__ __forceinline__ void zipgemm_rows(const GemmArgs& a, unsigned char* s
   // so that every warp of a K slice takes part in the slice's barriers (staged); its sums are
   // never stored.
   const int member = warp % kRowGroups;
-  const int slice = warp / kRowGroups;
+  // in the CTA: its staging buffer and barrier. A constant 0 for the wgmma path's single
+  // warpgroup, so that ptxas keeps the buffers' descriptors in uniform registers (no R2UR per
+  // HGMMA; 4 warps: 2-4 % fewer instructions per strip, 80-126 -> 72-96 registers; on the
+  // mma.sync path the same measured 3 % more, so it stays there)
+  const int slice = kWgmma && kWarpsK == 1 ? 0 : warp / kRowGroups;
+  // in the row: K strips kslice, kslice + kSlices, ... (the CTAs of grid z take turns)
+  const int kslice = kSplits == 1 ? slice : static_cast<int>(blockIdx.z) * kWarpsK + slice;
   const int first_strip_row = (static_cast<int>(blockIdx.x) * kRowGroups + member) * kRowStrips;
   const int last_strip_row = (a.n - 1) / kStripRows;
   const int tok0 = blockIdx.y * kTokens;
   unsigned lane_tile = shared_address(smem + warp * kWarpTileBytes + lane * kLaneStageBytes);
-  const int count = slice < a.strips_per_row_group
-                        ? (a.strips_per_row_group - 1 - slice) / kWarpsK + 1 : 0;
+  const int count = kslice < a.strips_per_row_group
+                        ? (a.strips_per_row_group - 1 - kslice) / kSlices + 1 : 0;
   // The last strip of a row is ragged when K is not a multiple of 64; the warps that own it
   // multiply it after the main loop, so that the loop's activation loads need no bounds.
   const bool owns_ragged = (a.k & 63) != 0 && count > 0 &&
-                           slice + (count - 1) * kWarpsK == a.strips_per_row_group - 1;
+                           kslice + (count - 1) * kSlices == a.strips_per_row_group - 1;
   const int full = count - owns_ragged;  // K strips (units) of the main loop
   unsigned base_pair = base_pair_of(a.base);
-  const auto cols_left_of = [&](int j) { return a.k - (slice + j * kWarpsK) * kStripCols; };
-  const auto columns_of = [](int j) { return static_cast<unsigned>(j * kWarpsK * kStripCols); };
+  const auto cols_left_of = [&](int j) { return a.k - (kslice + j * kSlices) * kStripCols; };
+  const auto columns_of = [](int j) { return static_cast<unsigned>(j * kSlices * kStripCols); };
 
   float acc[kRowStrips][kTokenTiles][4];
 #pragma unroll
@@ -322,7 +333,7 @@ __device__ __forceinline__ void zipgemm_rows(const GemmArgs& a, unsigned char* s
 
   // Token row r of the CTA (rows past M read row M - 1) at the slice's first column.
   const auto x_row = [&](int r) {
-    return a.x + static_cast<long long>(min(tok0 + r, a.m - 1)) * a.k + slice * kStripCols;
+    return a.x + static_cast<long long>(min(tok0 + r, a.m - 1)) * a.k + kslice * kStripCols;
   };
   // Direct: this lane's token rows (l >> 2 of each token tile); unit j's activations.
   const unsigned short* x_rows[kTokenTiles];
@@ -353,7 +364,7 @@ __device__ __forceinline__ void zipgemm_rows(const GemmArgs& a, unsigned char* s
         constexpr int kPartials = (kWarps * kRowStrips * kStripRows + 4) * kTokens * 4;
         constexpr int kBarriers = kStaged > kPartials ? kStaged : kPartials;
         return Staging(base, shared_address(smem + kBarriers) + 16u * slice, member, slice, lane,
-                       a.x_map, tok0);
+                       a.x_map, kslice * kStripCols, tok0);
       } else {
         return Staging(base, member, slice, lane, x_row);
       }
@@ -379,13 +390,13 @@ __device__ __forceinline__ void zipgemm_rows(const GemmArgs& a, unsigned char* s
 #pragma unroll
   for (int s = 0; s < kRowStrips; ++s)
     row_start[s] = static_cast<unsigned>(min(first_strip_row + s, last_strip_row)) *
-                       a.strips_per_row_group + slice;
+                       a.strips_per_row_group + kslice;
   const int strips = full * kRowStrips;
   const auto strip_at = [&](int i) {
     const unsigned at = static_cast<unsigned>(min(i, strips - 1));
     const unsigned row = kRowStrips == 1 ? row_start[0] : (at & 1) ? row_start[kRowStrips - 1]
                                                                    : row_start[0];
-    return row + at / kRowStrips * kWarpsK;
+    return row + at / kRowStrips * kSlices;
   };
   StripInput ring[kBuffers];
   int offsets[kBuffers];
@@ -462,7 +473,7 @@ __device__ __forceinline__ void zipgemm_rows(const GemmArgs& a, unsigned char* s
     __syncwarp();
 #pragma unroll
     for (int s = 0; s < kRowStrips; ++s) {
-      const unsigned strip = row_start[s] + static_cast<unsigned>(full) * kWarpsK;
+      const unsigned strip = row_start[s] + static_cast<unsigned>(full) * kSlices;
       StripInput ragged;
       ragged.data = streams.load(strip);
       const int offset = streams.offset(strip);
@@ -480,7 +491,8 @@ __device__ __forceinline__ void zipgemm_rows(const GemmArgs& a, unsigned char* s
     wgmma_wait_all();
     wgmma_fence_accumulators(acc[0]);
   }
-  // Sum each strip row's K-slice partials in slice order and write BF16 rows of y.
+  // Sum each strip row's K-slice partials in slice order and write BF16 rows of y (split-K:
+  // FP32 partial tiles, which the tile's last CTA sums in split order).
   __syncthreads();
   // [kTokens][kPitch]: token t's partial of row rr of strip row s of warp w at
   // t * kPitch + (w * kRowStrips + s) * 16 + rr. A pitch of 4 mod 8 words past a multiple of
@@ -501,12 +513,10 @@ __device__ __forceinline__ void zipgemm_rows(const GemmArgs& a, unsigned char* s
   }
   __syncthreads();
   constexpr int kRows = kRowGroups * kRowStrips * kStripRows;
-  for (int i = threadIdx.x; i < kRows * kTokens; i += kWarps * 32) {
-    const int r = i % kRows, t = i / kRows;  // consecutive threads: consecutive rows
-    const int row = blockIdx.x * kRows + r, tok = tok0 + t;
-    if (row >= a.n || tok >= a.m) continue;
-    // CTA strip row r / 16 is strip row s of member (r / 16) / kRowStrips, whose warps are
-    // member + slice * kRowGroups
+  constexpr int kTile = kRows * kTokens;
+  // This CTA's sum of its row r for its token t: CTA strip row r / 16 is strip row s of member
+  // (r / 16) / kRowStrips, whose warps are member + slice * kRowGroups.
+  const auto cta_sum = [&](int r, int t) {
     const int strip_row = r / kStripRows;
     const int first_warp = strip_row / kRowStrips, s = strip_row % kRowStrips;
     float sum = 0.f;
@@ -514,8 +524,48 @@ __device__ __forceinline__ void zipgemm_rows(const GemmArgs& a, unsigned char* s
     for (int k = 0; k < kWarpsK; ++k)
       sum += partial[t * kPitch + ((first_warp + k * kRowGroups) * kRowStrips + s) * kStripRows +
                      r % kStripRows];
+    return sum;
+  };
+  const auto store = [&](int row, int tok, float sum) {
     if (a.bias) sum += bf16_bits_to_float(a.bias[row]);
     a.y[static_cast<long long>(tok) * a.n + row] = float_to_bf16_bits(sum);
+  };
+  if constexpr (kSplits == 1) {
+    for (int i = threadIdx.x; i < kTile; i += kWarps * 32) {
+      const int r = i % kRows, t = i / kRows;  // consecutive threads: consecutive rows
+      const int row = blockIdx.x * kRows + r, tok = tok0 + t;
+      if (row >= a.n || tok >= a.m) continue;
+      store(row, tok, cta_sum(r, t));
+    }
+  } else {
+    // 1. This CTA's partial tile to its slot of the workspace (rows past N and tokens past M
+    // too: finite sums of clamped rows, never stored), past L1.
+    const unsigned tile = blockIdx.y * gridDim.x + blockIdx.x;
+    float* tiles = a.workspace + static_cast<long long>(tile) * kSplits * kTile;
+    for (int i = threadIdx.x; i < kTile; i += kWarps * 32)
+      __stcg(tiles + blockIdx.z * kTile + i, cta_sum(i % kRows, i / kRows));
+    // 2. The last of the tile's kSplits CTAs to count itself sums all of their tiles in split
+    // order and puts the counter back to 0 for the next launch (nobody else touches it again
+    // in this one), so a CUDA graph can replay the kernel.
+    __threadfence();  // our partials are visible device-wide before we count ourselves
+    __syncthreads();  // ... all of them, and everybody is done reading `partial`
+    unsigned* last = reinterpret_cast<unsigned*>(smem);
+    if (threadIdx.x == 0) {
+      *last = atomicAdd(a.counters + tile, 1u) == kSplits - 1;
+      if (*last) a.counters[tile] = 0u;
+    }
+    __syncthreads();
+    if (!*last) return;
+    __threadfence();  // the other CTAs' partials (they fenced before counting) are seen
+    for (int i = threadIdx.x; i < kTile; i += kWarps * 32) {
+      const int r = i % kRows, t = i / kRows;
+      const int row = blockIdx.x * kRows + r, tok = tok0 + t;
+      if (row >= a.n || tok >= a.m) continue;
+      float sum = 0.f;
+#pragma unroll
+      for (int z = 0; z < kSplits; ++z) sum += __ldcg(tiles + z * kTile + i);
+      store(row, tok, sum);
+    }
   }
 }
 
