@@ -156,6 +156,8 @@ def test_gemm_takes_the_switch_point_and_config_from_dispatch(fake_gpu, monkeypa
     monkeypatch.setattr(gemm_module, "launch", lambda kernel, **kw: launched.append(kernel))
     monkeypatch.setattr(gemm_module, "decompress_cuda",
                         lambda ct, out: decoded.append(ct) or out.copy_(w))
+    monkeypatch.setattr(gemm_module, "scratch",  # the runtime's buffer, on the CPU here
+                        lambda device, n, k: torch.empty(n, k, dtype=torch.bfloat16))
     x = torch.randn(40, 128).to(torch.bfloat16)
     gemm_module.gemm(x, ct)
     assert launched == [D] and not decoded
