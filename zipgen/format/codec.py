@@ -13,8 +13,8 @@ import torch
 
 from ..errors import FormatError, InputError
 from .entries import POSITION_BITS, POSITION_MASK, make_records, pack_entries, read_entries
-from .layout import (LANES, PLANES, STRIP_ELEMS, WINDOW, from_lane_order, num_strips,
-                     padded_shape, to_lane_order)
+from .layout import (CODE_SLOTS, LANES, PLANES, STRIP_ELEMS, WINDOW, from_lane_order,
+                     num_strips, padded_shape, to_lane_order)
 from .tensor import CompressedTensor
 from .window import best_window, exponent_histogram
 
@@ -31,49 +31,47 @@ def _check_input(w: torch.Tensor, name: str) -> None:
         raise InputError(f"{name}: tensor of shape {tuple(w.shape)} is empty")
 
 
-# Byte i of a uint64 holds code i (0..7). Multiplying the isolated plane-p bits by this constant
-# gathers bit p of all eight bytes into the top byte (no two partial products overlap, so no
-# carries); the product wraps modulo 2^64, which torch's int64 multiply does.
-_GATHER = 0x0102040810204080
-_LOW_BITS = 0x0101010101010101
+@lru_cache(maxsize=None)  # one per device: built once, not per chunk of every call
+def _slot_shifts(device) -> torch.Tensor:
+    """int32 [2 halves, 1, 5 slots]: where format version 3 puts a slot's code in its word
+    (3 slot + 16 half; layout.code_bit_locations)."""
+    slot = 3 * torch.arange(CODE_SLOTS, dtype=torch.int32)
+    half = 16 * torch.arange(2, dtype=torch.int32)
+    return (half.view(2, 1, 1) + slot.view(1, 1, CODE_SLOTS)).to(device)
 
 
 def _pack_planes(codes_lane: torch.Tensor) -> torch.Tensor:
-    """codes uint8 [S, 32 lanes, 32] in plane-bit order -> int32 [S, 3, 32]: bit b of plane
-    word p is bit p of code b."""
+    """codes uint8 [S, 32 lanes, 32] in position order (b = r + 16 e) -> the code words, int32
+    [S, 3, 32], in format version 3's packing (layout.code_bit_locations): pairs 0-14 in
+    slots of 3 bits, five per word; pair 15's bits in the words' spare bits 15 and 31."""
     s = codes_lane.shape[0]
-    groups = codes_lane.contiguous().view(torch.int64)  # [S, 32, 4]: 8 codes each
-    plane_bytes = codes_lane.new_empty((s, PLANES, LANES, 4))
-    for p in range(PLANES):
-        gathered = (((groups >> p) & _LOW_BITS) * _GATHER) >> 56
-        plane_bytes[:, p] = gathered.to(torch.uint8)
-    return plane_bytes.view(torch.int32).view(s, PLANES, LANES)
-
-
-@lru_cache(maxsize=None)  # one per device: built once, not per chunk of every call
-def _spread_table(device) -> torch.Tensor:
-    """int64 [256]: bit j of the index moved to bit 8j (byte j = 0 or 1)."""
-    idx = torch.arange(256, dtype=torch.int64)
-    table = torch.zeros(256, dtype=torch.int64)
-    for j in range(8):
-        table |= ((idx >> j) & 1) << (8 * j)
-    return table.to(device)
+    codes = codes_lane.to(torch.int32).view(s, LANES, 2, 16)  # [S, lane, half, pair]
+    slots = codes[..., :PLANES * CODE_SLOTS].reshape(s, LANES, 2, PLANES, CODE_SLOTS)
+    words = torch.sum(slots << _slot_shifts(codes.device), dim=(2, 4), dtype=torch.int32)
+    last = codes[..., 15]  # [S, lane, half]
+    for p in range(PLANES):  # bit 31 wraps to the sign bit of int32, as stored
+        words[..., p] |= (((last[..., 0] >> p) & 1) << 15) | (((last[..., 1] >> p) & 1) << 31)
+    return words.transpose(1, 2).contiguous()
 
 
 def _unpack_codes(planes: torch.Tensor) -> torch.Tensor:
-    """int32 [S, 3, 32] -> codes uint8 [S, 1024], lane-major, plane-bit order (the inverse
-    of _pack_planes)."""
+    """int32 [S, 3, 32] code words -> codes uint8 [S, 1024], lane-major, in position order
+    (the inverse of _pack_planes)."""
     s = planes.shape[0]
-    plane_bytes = planes.contiguous().view(torch.uint8).view(s, PLANES, -1).to(torch.int32)
-    spread = _spread_table(planes.device)
-    codes = torch.index_select(spread, 0, plane_bytes[:, 0].reshape(-1))
-    codes |= torch.index_select(spread, 0, plane_bytes[:, 1].reshape(-1)) << 1
-    codes |= torch.index_select(spread, 0, plane_bytes[:, 2].reshape(-1)) << 2
-    return codes.view(torch.uint8).view(s, STRIP_ELEMS)
+    words = planes.transpose(1, 2)  # [S, lane, word]
+    slots = (words.view(s, LANES, 1, PLANES, 1) >> _slot_shifts(planes.device)) & 7
+    codes = torch.empty((s, LANES, 2, 16), dtype=torch.int32, device=planes.device)
+    codes[..., :PLANES * CODE_SLOTS] = slots.reshape(s, LANES, 2, PLANES * CODE_SLOTS)
+    last = torch.zeros((s, LANES, 2), dtype=torch.int32, device=planes.device)
+    for p in range(PLANES):  # >> 31 of a negative word is -1: & 1 keeps the bit
+        last[..., 0] |= ((words[..., p] >> 15) & 1) << p
+        last[..., 1] |= ((words[..., p] >> 31) & 1) << p
+    codes[..., 15] = last
+    return codes.to(torch.uint8).view(s, STRIP_ELEMS)
 
 
 def _to_bit_order(lane: torch.Tensor) -> torch.Tensor:
-    """Lane order (element i = 2r + e) -> plane-bit order (b = r + 16e), as a strided view."""
+    """Lane order (element i = 2r + e) -> position order (b = r + 16e), as a strided view."""
     return lane.view(-1, 16, 2).transpose(1, 2)
 
 
@@ -157,7 +155,7 @@ def compress(w: torch.Tensor, name: str = "tensor") -> CompressedTensor:
         lane = to_lane_order(_padded_rows(bits, r0, r1, kp, lo << 7))
         sign_mantissa[s0 * STRIP_ELEMS:s1 * STRIP_ELEMS] = _lane_to_sm_order(
             ((lane >> 8).to(torch.uint8) & 0x80) | (lane.to(torch.uint8) & 0x7F))
-        # codes and positions are in plane-bit order: position = 32 lane + plane bit
+        # codes and positions are in position order: position = 32 lane + b
         exponent = _to_bit_order((lane >> 7).to(torch.uint8)).reshape(s1 - s0, STRIP_ELEMS)
         offset = exponent - lo  # uint8 arithmetic wraps: < 8 exactly inside the window
         outside = offset >= WINDOW

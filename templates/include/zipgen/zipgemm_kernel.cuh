@@ -48,7 +48,7 @@ struct GemmArgs {
 };
 
 // A lane's words of strip s: 16-byte sign-mantissa chunks lane and 32 + lane of the strip's
-// 1024 bytes, plane words lane, 32 + lane, 64 + lane, and the strip's fallback offset. Strip
+// 1024 bytes, code words lane, 32 + lane, 64 + lane, and the strip's fallback offset. Strip
 // numbers are 32-bit (a matrix has < 2^31 / 1024 strips per 2 GiB of sign-mantissa bytes), so
 // each address is one wide multiply-add from a lane-constant base.
 struct LaneStreams {
