@@ -180,7 +180,13 @@ __device__ __forceinline__ void multiply_strip(float (&acc)[kTokenTiles][4], con
   const CodeWords codes = code_words(in.data);
   unsigned regs[16];
 #pragma unroll
-  for (int r = 0; r < 16; ++r) regs[r] = decode_pair(in.data, codes, r, base_pair);
+  for (int i = 0; i < 16; ++i) {
+    // pair 15 first: it reads all three code words, so after it each word dies with its last
+    // slot, and ptxas issues the next strips' loads before this decode instead of after it
+    // (staged 8 warps, 2 token tiles, depth 2; format version 3)
+    const int r = (i + 15) % 16;
+    regs[r] = decode_pair(in.data, codes, r, base_pair);
+  }
 #pragma unroll
   for (int t = 0; t < 4; ++t)
     st_shared_v4(lane_tile + 16 * t, regs[4 * t], regs[4 * t + 1], regs[4 * t + 2], regs[4 * t + 3]);
