@@ -54,20 +54,39 @@ def _pack_planes(codes_lane: torch.Tensor) -> torch.Tensor:
     return words.transpose(1, 2).contiguous()
 
 
+@lru_cache(maxsize=None)  # one per device: built once, not per chunk of every call
+def _half_word_tables(device) -> torch.Tensor:
+    """int64 [4, 2^16]: a code half-word's slots placed where they belong in the two 64-bit
+    words (pairs 0-7, pairs 8-15) of a lane's codes in one half. Word 0's five slots are pairs
+    0-4 (bytes 0-4 of the first); word 1's first three are pairs 5-7 (bytes 5-7 of the first),
+    its last two pairs 8-9 (bytes 0-1 of the second), with its spare bit as bit 1 of pair 15;
+    word 2's are pairs 10-14 (bytes 2-6 of the second), its spare bit bit 2 of pair 15."""
+    half = torch.arange(1 << 16, dtype=torch.int64)
+    slot = [(half >> (3 * j)) & 7 for j in range(CODE_SLOTS)]
+    spare = (half >> 15) & 1
+    word0 = sum(slot[j] << (8 * j) for j in range(5))
+    word1_first = sum(slot[j] << (8 * (5 + j)) for j in range(3))
+    word1_second = slot[3] | (slot[4] << 8) | (spare << 57)
+    word2 = sum(slot[j] << (8 * (2 + j)) for j in range(5)) | (spare << 58)
+    return torch.stack([word0, word1_first, word1_second, word2]).to(device)
+
+
 def _unpack_codes(planes: torch.Tensor) -> torch.Tensor:
     """int32 [S, 3, 32] code words -> codes uint8 [S, 1024], lane-major, in position order
-    (the inverse of _pack_planes)."""
+    (the inverse of _pack_planes): four table lookups per lane and half, each giving whole
+    bytes of codes."""
     s = planes.shape[0]
-    words = planes.transpose(1, 2)  # [S, lane, word]
-    slots = (words.view(s, LANES, 1, PLANES, 1) >> _slot_shifts(planes.device)) & 7
-    codes = torch.empty((s, LANES, 2, 16), dtype=torch.int32, device=planes.device)
-    codes[..., :PLANES * CODE_SLOTS] = slots.reshape(s, LANES, 2, PLANES * CODE_SLOTS)
-    last = torch.zeros((s, LANES, 2), dtype=torch.int32, device=planes.device)
-    for p in range(PLANES):  # >> 31 of a negative word is -1: & 1 keeps the bit
-        last[..., 0] |= ((words[..., p] >> 15) & 1) << p
-        last[..., 1] |= ((words[..., p] >> 31) & 1) << p
-    codes[..., 15] = last
-    return codes.to(torch.uint8).view(s, STRIP_ELEMS)
+    halves = planes.view(torch.int16).view(s, PLANES, LANES, 2).to(torch.int32) & 0xFFFF
+    table = _half_word_tables(planes.device)
+    codes = torch.empty((s, LANES, 2, 2), dtype=torch.int64, device=planes.device)
+
+    def look(which, word):  # [S, L, half] int64
+        return torch.index_select(table[which], 0, halves[:, word].reshape(-1)).view(
+            s, LANES, 2)
+
+    codes[..., 0] = look(0, 0) | look(1, 1)
+    codes[..., 1] = look(2, 1) | look(3, 2) | ((halves[:, 0] >> 15).to(torch.int64) << 56)
+    return codes.view(torch.uint8).view(s, STRIP_ELEMS)
 
 
 def _to_bit_order(lane: torch.Tensor) -> torch.Tensor:
