@@ -31,13 +31,12 @@ def _check_input(w: torch.Tensor, name: str) -> None:
         raise InputError(f"{name}: tensor of shape {tuple(w.shape)} is empty")
 
 
-@lru_cache(maxsize=None)  # one per device: built once, not per chunk of every call
-def _slot_shifts(device) -> torch.Tensor:
-    """int32 [2 halves, 1, 5 slots]: where format version 3 puts a slot's code in its word
-    (3 slot + 16 half; layout.code_bit_locations)."""
-    slot = 3 * torch.arange(CODE_SLOTS, dtype=torch.int32)
-    half = 16 * torch.arange(2, dtype=torch.int32)
-    return (half.view(2, 1, 1) + slot.view(1, 1, CODE_SLOTS)).to(device)
+def _gather_codes(x: torch.Tensor) -> torch.Tensor:
+    """int64 holding eight codes (< 8) in its bytes -> the same codes as 3-bit fields, code j
+    at bits 3j .. 3j + 2 (three merge steps: byte pairs, then 16-bit, then 32-bit halves)."""
+    x = (x & 0x00FF00FF00FF00FF) | ((x >> 5) & 0x0038003800380038)
+    x = (x & 0x0000003F0000003F) | ((x >> 10) & 0x00000FC000000FC0)
+    return (x & 0xFFF) | ((x >> 20) & 0xFFF000)
 
 
 def _pack_planes(codes_lane: torch.Tensor) -> torch.Tensor:
@@ -45,13 +44,15 @@ def _pack_planes(codes_lane: torch.Tensor) -> torch.Tensor:
     [S, 3, 32], in format version 3's packing (layout.code_bit_locations): pairs 0-14 in
     slots of 3 bits, five per word; pair 15's bits in the words' spare bits 15 and 31."""
     s = codes_lane.shape[0]
-    codes = codes_lane.to(torch.int32).view(s, LANES, 2, 16)  # [S, lane, half, pair]
-    slots = codes[..., :PLANES * CODE_SLOTS].reshape(s, LANES, 2, PLANES, CODE_SLOTS)
-    words = torch.sum(slots << _slot_shifts(codes.device), dim=(2, 4), dtype=torch.int32)
-    last = codes[..., 15]  # [S, lane, half]
-    for p in range(PLANES):  # bit 31 wraps to the sign bit of int32, as stored
-        words[..., p] |= (((last[..., 0] >> p) & 1) << 15) | (((last[..., 1] >> p) & 1) << 31)
-    return words.transpose(1, 2).contiguous()
+    eight = codes_lane.contiguous().view(torch.int64).view(s, LANES, 2, 2)  # [S, L, e, 8 codes]
+    low, high = _gather_codes(eight[..., 0]), _gather_codes(eight[..., 1])  # pairs 0-7, 8-15
+    halves = torch.stack([
+        low & 0x7FFF,                                        # word 0: pairs 0-4
+        (low >> 15) | ((high & 0x3F) << 9),                  # word 1: pairs 5-9
+        (high >> 6) & 0x7FFF], dim=-1)                        # word 2: pairs 10-14
+    halves |= ((high >> 21).unsqueeze(-1) >> torch.arange(PLANES, device=halves.device) & 1) << 15
+    words = halves[:, :, 0] | (halves[:, :, 1] << 16)  # [S, L, word]: half e at bits 16 e
+    return words.to(torch.int32).transpose(1, 2).contiguous()
 
 
 @lru_cache(maxsize=None)  # one per device: built once, not per chunk of every call
