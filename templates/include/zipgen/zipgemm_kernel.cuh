@@ -303,11 +303,16 @@ __device__ __forceinline__ void zipgemm_rows(const GemmArgs& a, unsigned char* s
   // so that every warp of a K slice takes part in the slice's barriers (staged); its sums are
   // never stored.
   const int member = warp % kRowGroups;
-  // in the CTA: its staging buffer and barrier. A constant 0 for the wgmma path's single
-  // warpgroup, so that ptxas keeps the buffers' descriptors in uniform registers (no R2UR per
-  // HGMMA; 4 warps: 2-4 % fewer instructions per strip, 80-126 -> 72-96 registers; on the
-  // mma.sync path the same measured 3 % more, so it stays there)
-  const int slice = kWgmma && kWarpsK == 1 ? 0 : warp / kRowGroups;
+  // in the CTA: its staging buffer and barrier. On the wgmma path ptxas must see it as
+  // warp-uniform to keep the buffers' descriptors and the TMA's operands in uniform registers:
+  // a constant 0 for a single warpgroup, else broadcast from lane 0 (a shuffle, which ptxas
+  // knows is uniform; as CUTLASS's canonical_warp_idx_sync). Without it each strip copied them
+  // with 11 R2UR (SASS, every multi-warpgroup winner: 2-6 % fewer instructions per strip, 2-18
+  // fewer registers). On the mma.sync path the broadcast costs registers (64 -> 77 at 16 warps,
+  // half the CTAs per SM), so it stays there.
+  const int slice = kWgmma && kWarpsK == 1 ? 0
+                    : kWgmma ? __shfl_sync(0xFFFFFFFFu, warp / kRowGroups, 0)
+                             : warp / kRowGroups;
   // in the row: K strips kslice, kslice + kSlices, ... (the CTAs of grid z take turns)
   const int kslice = kSplits == 1 ? slice : static_cast<int>(blockIdx.z) * kWarpsK + slice;
   const int first_strip_row = (static_cast<int>(blockIdx.x) * kRowGroups + member) * kRowStrips;
