@@ -1,5 +1,6 @@
-"""Machine code of the tuned winners of the benchmark layers, without a GPU: per winner, the
-instructions per strip of its main loop and how late its next strips' loads are issued.
+"""Machine code of the tuned winners of the benchmark layers, without a GPU: per winner, its
+registers, the instructions per strip of its main loop and how late its next strips' loads
+are issued.
 
     python benchmarks/sass_winners.py [--db tuning_db] [--ms 1,8,16,32,64] --json out.json
 
@@ -14,10 +15,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import tempfile
+from pathlib import Path
 
 from cuda.pathfinder import find_nvidia_binary_utility
 
 from zipgen.codegen import build_kernel
+from zipgen.compile.cuobjdump import resource_usage
 from zipgen.compile.sass import main_loop, sass_rows, strips_in
 from zipgen.tune import db, dispatch
 
@@ -37,6 +41,13 @@ def late_share(body) -> float:
         elif name.startswith(("HMMA", "HGMMA")):  # a strip's multiply ends its decode
             prmts = 0
     return sum(lates) / max(1, len(lates)) / DECODES_PER_STRIP
+
+
+def registers(cubin: bytes, name: str, tool: str) -> int | None:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "k.cubin"
+        path.write_bytes(cubin)
+        return resource_usage(tool, path).get(name, {}).get("REG")
 
 
 def main():
@@ -59,12 +70,14 @@ def main():
                     cells.setdefault(cfg, []).append(f"{layer} M={m}")
     rows = []
     for cfg, where in cells.items():
-        body = main_loop(sass_rows(build_kernel("zipgemm", args.arch, cfg).cubin, tool))
+        kernel = build_kernel("zipgemm", args.arch, cfg)
+        body = main_loop(sass_rows(kernel.cubin, tool))
         rows.append(dict(config=cfg.as_dict(), cells=where,
+                         registers=registers(kernel.cubin, kernel.kernel_name, tool),
                          per_strip=round(len(body) / strips_in(body), 1),
                          late=round(late_share(body), 2)))
-        print(f"{cfg.describe()}: {rows[-1]['per_strip']} per strip, late {rows[-1]['late']}"
-              f" ({', '.join(where)})", flush=True)
+        print(f"{cfg.describe()}: {rows[-1]['registers']} registers, {rows[-1]['per_strip']} per"
+              f" strip, late {rows[-1]['late']} ({', '.join(where)})", flush=True)
     with open(args.json, "w") as f:
         json.dump(rows, f, indent=1)
 

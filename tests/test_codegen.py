@@ -186,8 +186,9 @@ LOOP_CEILINGS = {(4, 1, 1, 1, False): 235, (8, 1, 1, 2, True): 255, (8, 2, 1, 4,
                  (16, 4, 3, 2, True): 240}  # 8 slices: 270.5 with the compare chain's 8 BARs
 
 
-@pytest.mark.parametrize("fields", sorted(LOOP_CEILINGS))
-def test_fused_main_loop_stays_within_its_instruction_budget(fields, tmp_path):
+def _sm90_main_loop(fields):
+    """The sm_90 kernel of ZipGemmConfig(*fields), its main loop's SASS rows and strips per loop
+    body; skips without cuobjdump / nvdisasm."""
     tool = _cuobjdump()
     from cuda.pathfinder import find_nvidia_binary_utility
     if tool is None or find_nvidia_binary_utility("nvdisasm") is None:
@@ -197,8 +198,14 @@ def test_fused_main_loop_stays_within_its_instruction_budget(fields, tmp_path):
     from zipgen.compile.sass import main_loop, sass_rows, strips_in
     kernel = build_kernel("zipgemm", "sm_90", ZipGemmConfig(*fields))
     body = main_loop(sass_rows(kernel.cubin, tool))
-    per_strip = len(body) / strips_in(body)
-    assert sum(op.lstrip("@").startswith("HMMA") for _, op, _ in body) >= 4 * strips_in(body)
+    return kernel, body, strips_in(body)
+
+
+@pytest.mark.parametrize("fields", sorted(LOOP_CEILINGS))
+def test_fused_main_loop_stays_within_its_instruction_budget(fields):
+    kernel, body, strips = _sm90_main_loop(fields)
+    per_strip = len(body) / strips
+    assert sum(op.lstrip("@").startswith("HMMA") for _, op, _ in body) >= 4 * strips
     assert per_strip <= LOOP_CEILINGS[fields], (
         f"{kernel.kernel_name}: {per_strip:.1f} instructions per strip, budget "
         f"{LOOP_CEILINGS[fields]} (python benchmarks/sass_report.py zipgemm sm_90 "
@@ -217,16 +224,7 @@ WGMMA_LOOP_CEILINGS = {(4, 4, 1, 4, True, 1, True): 265, (8, 4, 1, 4, True, 1, T
 
 @pytest.mark.parametrize("fields", sorted(WGMMA_LOOP_CEILINGS))
 def test_wgmma_main_loop_stays_within_its_instruction_budget(fields):
-    tool = _cuobjdump()
-    from cuda.pathfinder import find_nvidia_binary_utility
-    if tool is None or find_nvidia_binary_utility("nvdisasm") is None:
-        pytest.skip("cuobjdump / nvdisasm not found (pip install nvidia-cuda-cuobjdump "
-                    "nvidia-cuda-nvdisasm)")
-    from zipgen.codegen import ZipGemmConfig
-    from zipgen.compile.sass import main_loop, sass_rows, strips_in
-    kernel = build_kernel("zipgemm", "sm_90", ZipGemmConfig(*fields))
-    body = main_loop(sass_rows(kernel.cubin, tool))
-    strips = strips_in(body)
+    kernel, body, strips = _sm90_main_loop(fields)
     ops = [op.lstrip("@") for _, op, _ in body]
     assert sum(op.startswith("HGMMA") for op in ops) >= 4 * strips
     # the slice is uniform (a constant for one warpgroup, else broadcast from lane 0), so the
