@@ -236,6 +236,19 @@ def test_wgmma_main_loop_stays_within_its_instruction_budget(fields):
         f"{WGMMA_LOOP_CEILINGS[fields]}")
 
 
+def _sm90_cubin(fields, tmp_path):
+    """cuobjdump, ZipGemmConfig(*fields) and its sm_90 cubin written under tmp_path; skips
+    without cuobjdump."""
+    tool = _cuobjdump()
+    if tool is None:
+        pytest.skip("cuobjdump not found (pip install nvidia-cuda-cuobjdump)")
+    from zipgen.codegen import ZipGemmConfig
+    cfg = ZipGemmConfig(*fields)
+    path = tmp_path / "k.cubin"
+    path.write_bytes(build_kernel("zipgemm", "sm_90", cfg).cubin)
+    return tool, cfg, path
+
+
 @pytest.mark.parametrize("fields", [(4, 4, 4, 4, True), (8, 2, 1, 4, True), (16, 1, 1, 2, True),
                                     (8, 2, 1, 1, True), (4, 1, 1, 1, False), (8, 4, 1, 4, True, 2)])
 def test_fused_kernel_reserves_only_the_barriers_it_uses(fields, tmp_path):
@@ -244,14 +257,8 @@ def test_fused_kernel_reserves_only_the_barriers_it_uses(fields, tmp_path):
     resident CTAs (Nsight Compute's "Block Limit Barriers", H200, 2026-11-28): only CTAs of 16
     warps (512 threads: 4 per SM at most anyway) take a register id, which saves the compare
     chain's predicated BAR.SYNC per slice (staged_activations.cuh, slice_barrier)."""
-    tool = _cuobjdump()
-    if tool is None:
-        pytest.skip("cuobjdump not found (pip install nvidia-cuda-cuobjdump)")
-    from zipgen.codegen import ZipGemmConfig
+    tool, cfg, path = _sm90_cubin(fields, tmp_path)
     from zipgen.compile.cuobjdump import named_barriers
-    cfg = ZipGemmConfig(*fields)
-    path = tmp_path / "k.cubin"
-    path.write_bytes(build_kernel("zipgemm", "sm_90", cfg).cubin)
     shared = cfg.stage_x and cfg.row_groups > 1
     slices = cfg.warps_per_cta // cfg.row_groups
     expected = 1 if not shared else 16 if cfg.warps_per_cta == 16 and slices > 1 else 1 + slices
@@ -264,14 +271,8 @@ def test_wgmma_kernels_with_several_warpgroups_lose_no_ctas_to_barriers(fields, 
     """Their barrier id is a register (tma_activations.cuh), so ptxas reserves all 16 named
     barriers, which caps an SM at 4 CTAs; their registers cap it lower already (65536 per
     SM), so the barriers never decide occupancy."""
-    tool = _cuobjdump()
-    if tool is None:
-        pytest.skip("cuobjdump not found (pip install nvidia-cuda-cuobjdump)")
-    from zipgen.codegen import ZipGemmConfig
+    tool, cfg, path = _sm90_cubin(fields, tmp_path)
     from zipgen.compile.cuobjdump import named_barriers, resource_usage
-    cfg = ZipGemmConfig(*fields)
-    path = tmp_path / "k.cubin"
-    path.write_bytes(build_kernel("zipgemm", "sm_90", cfg).cubin)
     assert named_barriers(tool, path) == 16
     (usage,) = resource_usage(tool, path).values()
     assert 65536 // (usage["REG"] * cfg.threads) < 4, usage
