@@ -43,6 +43,13 @@ def _strip_tables(device) -> tuple[torch.Tensor, torch.Tensor]:
     return lane.to(device), element.to(device)
 
 
+@lru_cache(maxsize=None)
+def _code_tables(device) -> tuple[torch.Tensor, torch.Tensor]:
+    """code_bit_locations() on `device`, made once: a copy from the host is not allowed while
+    a CUDA graph is being captured (a ZipEmbedding in a captured step)."""
+    return tuple(t.to(device) for t in code_bit_locations())
+
+
 # A strip holds at most 1024 records; 11 halvings narrow any range of them to one place.
 _SEARCH_STEPS = 11
 
@@ -94,7 +101,7 @@ def _decode(ct: CompressedTensor, rows: torch.Tensor, keys: torch.Tensor | None)
     bit = (element >> 1) + 16 * (element & 1)  # position of each element in its lane
     mine = words.gather(3, lane.unsqueeze(2).expand(*strips.shape, 3, COLS_PER_STRIP))
     code = torch.zeros_like(mine[:, :, 0])  # [R, S, 64]
-    code_word, code_bit = (t.to(ct.device) for t in code_bit_locations())
+    code_word, code_bit = _code_tables(ct.device)
     for p in range(PLANES):  # bit p of each code, from its word (format version 3)
         word = code_word[bit, p].expand(*strips.shape, COLS_PER_STRIP)  # [R, S, 64]
         value = mine.gather(2, word.unsqueeze(2)).squeeze(2)
