@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 import zipgen.bundle.build as build_module
+from zipgen import FORMAT_VERSION
 from zipgen.bundle import build_bundle, read_manifest, resolve_kernel, verify_bundle
 from zipgen.bundle import loader
 from zipgen.bundle.build import default_configs
@@ -34,7 +35,7 @@ def _record(status, op, arch, config, median_us=10.0):
         "schema": 1, "status": status, "config": config, "error": None if ok else "failed",
         "problem": {"op": op, "n": 4096, "k": 4096, "m": None if op == "decode" else 1,
                     "m_bucket": None if op == "decode" else 1, "dtypes": "bf16",
-                    "format_version": 2},
+                    "format_version": FORMAT_VERSION},
         "target": {"arch": arch, "device_name": "NVIDIA H100", "sm_count": 132},
         "median_us": median_us if ok else None, "p10_us": None, "p90_us": None,
         "env": {"time": "2026-11-28T00:00:00+00:00"}, "detail": None})
@@ -129,7 +130,7 @@ def test_tuning_records_are_read_defensively(tmp_path, monkeypatch, tuner):
 
 def test_files_match_the_manifest(built):
     m = built.manifest
-    assert m.schema_version == 1 and m.zipgen_version == "0.1.0" and m.format_version == 2
+    assert m.schema_version == 1 and m.zipgen_version == "0.1.0" and m.format_version == FORMAT_VERSION
     for e in m.kernels:
         data = (built.path / e.arch / f"{e.kernel_name}.cubin").read_bytes()
         assert e.cubin == f"{e.arch}/{e.kernel_name}.cubin" and e.size == len(data)
@@ -242,7 +243,7 @@ DAMAGE = {
     "stale template": (_set_field("source_sha256", "0" * 64), rf"{DECODE90} .*another kernel source"),
     "path outside": (_set_field("cubin", "../x.cubin"), rf"{DECODE90} .*cubin path '\.\./x\.cubin'"),
     "zipgen version": (_set_top("zipgen_version", "0.0.1"), "built by zipgen 0.0.1, this is zipgen 0.1.0"),
-    "format version": (_set_top("format_version", 9), "TCA-TBE format version 9, this zipgen reads version 2"),
+    "format version": (_set_top("format_version", 9), "TCA-TBE format version 9, this zipgen reads version 3"),
     "schema version": (_set_top("schema_version", 2), "bundle schema version 2; this zipgen reads version 1"),
     "field type": (_set_field("size", "big"), rf"kernel {DECODE90}: 'size' is 'big'"),
 }

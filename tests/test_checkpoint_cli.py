@@ -61,7 +61,7 @@ def test_fp32_refused_without_cast(minilm_dir, tmp_path, capsys):
 
 def test_layout_of_output(compressed, bf16_sharded):
     manifest = json.loads((compressed / "zipgen.json").read_text())
-    assert manifest["format_version"] == 2
+    assert manifest["format_version"] == 3
     tensors = manifest["tensors"]
     q = tensors["encoder.layer.0.attention.self.query.weight"]
     assert q["kind"] == "tca-tbe" and q["shape"] == [384, 384] and len(q["sha256"]) == 64
@@ -91,7 +91,7 @@ def test_verify_and_info(compressed, bf16_sharded, capsys):
     assert "0 failures" in capsys.readouterr().out
     assert main(["info", str(compressed), "--tensors"]) == 0
     out = capsys.readouterr().out
-    assert "format version 2" in out and "bits/weight" in out and "pooler.dense.weight" in out
+    assert "format version 3" in out and "bits/weight" in out and "pooler.dense.weight" in out
 
 
 def _copy(src: Path, dst: Path) -> Path:

@@ -212,13 +212,14 @@ def test_fused_main_loop_stays_within_its_instruction_budget(fields):
         f"{' '.join(str(int(v)) for v in fields)} --lines shows where they go)")
 
 
-# The wgmma kernels (sm_90a): 258-278 per strip at 4-16 warps and 32-128 tokens. With the
+# The wgmma kernels (sm_90a): 243-267 per strip at 4-16 warps and 32-128 tokens. With the
 # warpgroups' barrier id an immediate chosen by a compare chain, ptxas kept the global-memory
 # descriptor in registers and copied it to uniform ones before every load: 27-31 R2UR and
-# 300-329 instructions per strip at 16 warps (tma_activations.cuh). About 11 R2UR remain: the
-# HGMMAs' shared-memory descriptors and the TMA's operands.
-WGMMA_LOOP_CEILINGS = {(4, 4, 1, 4, True, 1, True): 265, (8, 4, 1, 4, True, 1, True): 265,
-                       (16, 4, 1, 4, True, 1, True): 265, (16, 16, 1, 4, True, 1, True): 285}
+# 300-329 instructions per strip at 16 warps (tma_activations.cuh). With the K slice a
+# non-uniform register, 11 R2UR per strip remained (the HGMMAs' shared-memory descriptors and
+# the TMA's operands): 252-278 per strip. With it broadcast from lane 0, at most one.
+WGMMA_LOOP_CEILINGS = {(4, 4, 1, 4, True, 1, True): 265, (8, 4, 1, 4, True, 1, True): 258,
+                       (16, 4, 1, 4, True, 1, True): 250, (16, 16, 1, 4, True, 1, True): 272}
 
 
 @pytest.mark.parametrize("fields", sorted(WGMMA_LOOP_CEILINGS))
@@ -226,9 +227,10 @@ def test_wgmma_main_loop_stays_within_its_instruction_budget(fields):
     kernel, body, strips = _sm90_main_loop(fields)
     ops = [op.lstrip("@") for _, op, _ in body]
     assert sum(op.startswith("HGMMA") for op in ops) >= 4 * strips
-    # one warpgroup: its slice is a constant, its descriptors stay in uniform registers
+    # the slice is uniform (a constant for one warpgroup, else broadcast from lane 0), so the
+    # descriptors stay in uniform registers
     r2ur = sum(op.startswith("R2UR") for op in ops)
-    assert r2ur <= (0 if fields[0] == 4 else 12 * strips), (kernel.kernel_name, r2ur)
+    assert r2ur <= (0 if fields[0] == 4 else strips), (kernel.kernel_name, r2ur)
     assert len(body) / strips <= WGMMA_LOOP_CEILINGS[fields], (
         f"{kernel.kernel_name}: {len(body) / strips:.1f} instructions per strip, budget "
         f"{WGMMA_LOOP_CEILINGS[fields]}")

@@ -21,7 +21,7 @@ def weights():
 def test_properties(weights):
     ct = zipgen.compress(weights)
     assert ct.shape == (100, 300) and ct.numel == 30000
-    assert ct.format_version == zipgen.FORMAT_VERSION == 2
+    assert ct.format_version == zipgen.FORMAT_VERSION == 3
     streams = ct.streams()
     assert set(streams) == {"sign_mantissa", "planes", "fallback_entries", "fallback_offsets"}
     assert ct.nbytes == sum(t.numel() * t.element_size() for t in streams.values())
@@ -63,8 +63,8 @@ def test_decompress_rejects_non_compressed():
 
 def test_unknown_version(weights):
     ct = zipgen.compress(weights)
-    with pytest.raises(FormatError, match="version 1 is not supported .*reads version 2"):
-        replace(ct, format_version=1)
+    with pytest.raises(FormatError, match="version 2 is not supported .*reads version 3"):
+        replace(ct, format_version=2)
 
 
 @pytest.mark.parametrize("field,value,match", [

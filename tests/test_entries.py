@@ -1,5 +1,6 @@
-"""Format version 2's fallback entries (FORMAT.md §5): the 18-bit record stream, entries that
-agree with the codes, corrupt entries and offsets refused, and the size on real weights."""
+"""The fallback entries (FORMAT.md §5, format versions 2 and 3): the 18-bit record stream,
+entries that agree with the codes, corrupt entries and offsets refused, and the size on real
+weights."""
 from __future__ import annotations
 
 from dataclasses import replace

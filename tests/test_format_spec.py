@@ -44,9 +44,10 @@ def spec_encode(bits: np.ndarray):
                         ((u >> 15) << 7) | (u & 0x7F)
                     inside = w <= ex <= w + 7
                     code = ex - base if inside else 0
-                    b = (i >> 1) + 16 * (i & 1)
-                    for p in range(3):
-                        planes[s, p, lane] |= ((code >> p) & 1) << b
+                    r, b = i >> 1, (i >> 1) + 16 * (i & 1)
+                    for p in range(3):  # §5, version 3: five 3-bit slots per word, then bit 15
+                        word, bit = (r // 5, 3 * (r % 5) + p) if r < 15 else (p, 15)
+                        planes[s, word, lane] |= ((code >> p) & 1) << (bit + 16 * (i & 1))
                     if not inside:  # §5: position 32 lane + b, exponent above it
                         strip_records.append((32 * lane + b) | (ex << 10))
             records += sorted(strip_records, key=lambda r: r & 1023)  # increasing position

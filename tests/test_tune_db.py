@@ -44,7 +44,7 @@ def test_round_trip(tmp_path):
     line = json.loads(files[0].read_text().splitlines()[0])
     assert line["schema"] == SCHEMA_VERSION
     assert line["problem"] == {"op": "zipgemm", "n": 4096, "k": 4096, "m": 1, "m_bucket": 1,
-                               "dtypes": "bf16", "format_version": 2}
+                               "dtypes": "bf16", "format_version": 3}
     assert line["target"] == {"arch": "sm_90", "device_name": "NVIDIA H100 80GB HBM3",
                               "sm_count": 132}
 

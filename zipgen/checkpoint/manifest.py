@@ -10,6 +10,7 @@ from pathlib import Path
 from ..errors import FormatError
 from ..fileio import write_atomic
 from ..format import FORMAT_VERSION
+from ..format.upgrade import check_readable
 
 MANIFEST_NAME = "zipgen.json"
 COMPRESSED = "tca-tbe"
@@ -51,10 +52,7 @@ class Manifest:
                               f"interrupted one)")
         try:
             data = json.loads(path.read_text())
-            version = data.get("format_version")
-            if version != FORMAT_VERSION:
-                raise FormatError(f"{path}: format version {version} is not supported (this "
-                                  f"zipgen reads version {FORMAT_VERSION}); re-compress with it")
+            check_readable(data.get("format_version"), str(path))  # 2: upgraded as it loads
             tensors = {name: TensorEntry(**entry) for name, entry in data.pop("tensors").items()}
             return cls(tensors=tensors, **data)
         except FormatError:

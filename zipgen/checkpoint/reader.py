@@ -8,8 +8,9 @@ import torch
 from safetensors import safe_open
 
 from ..errors import FormatError
-from ..format import CompressedTensor
+from ..format import FORMAT_VERSION, CompressedTensor
 from ..format.tensor import STREAMS
+from ..format.upgrade import code_words_from_v2
 from .manifest import COMPRESSED, STREAM_SUFFIX, Manifest, TensorEntry
 
 
@@ -25,13 +26,16 @@ def _check_files(folder: Path, manifest: Manifest) -> None:
                               f"truncated or was changed")
 
 
-def _build(name: str, entry: TensorEntry, f) -> torch.Tensor | CompressedTensor:
+def _build(name: str, entry: TensorEntry, f, version: int) -> torch.Tensor | CompressedTensor:
     if entry.kind != COMPRESSED:
         t = f.get_tensor(name)
         if list(t.shape) != entry.shape:
             raise FormatError(f"tensor {name!r}: shape {list(t.shape)}, manifest says {entry.shape}")
         return t
     streams = {k: f.get_tensor(name + STREAM_SUFFIX + k) for k in STREAMS}
+    if version != FORMAT_VERSION and streams["planes"].dtype == torch.int32:
+        # an older checkpoint (a malformed stream is left for CompressedTensor to report)
+        streams["planes"] = code_words_from_v2(streams["planes"])
     try:
         return CompressedTensor(shape=tuple(entry.shape), base=entry.base, **streams)
     except FormatError as exc:
@@ -50,7 +54,8 @@ def iter_tensors(path, device="cpu") -> Iterator[tuple[str, TensorEntry, object]
         try:
             with safe_open(folder / file, framework="pt", device=str(device)) as f:
                 for name in names:
-                    yield name, manifest.tensors[name], _build(name, manifest.tensors[name], f)
+                    yield name, manifest.tensors[name], _build(name, manifest.tensors[name], f,
+                                                                manifest.format_version)
         except FormatError:
             raise
         except Exception as exc:  # safetensors' own errors for corrupt headers / missing keys

@@ -13,8 +13,8 @@ import torch
 
 from ..errors import FormatError, InputError
 from .entries import POSITION_BITS, POSITION_MASK, make_records, pack_entries, read_entries
-from .layout import (LANES, PLANES, STRIP_ELEMS, WINDOW, from_lane_order, num_strips,
-                     padded_shape, to_lane_order)
+from .layout import (CODE_SLOTS, LANES, PLANES, STRIP_ELEMS, WINDOW, from_lane_order,
+                     num_strips, padded_shape, to_lane_order)
 from .tensor import CompressedTensor
 from .window import best_window, exponent_histogram
 
@@ -31,49 +31,67 @@ def _check_input(w: torch.Tensor, name: str) -> None:
         raise InputError(f"{name}: tensor of shape {tuple(w.shape)} is empty")
 
 
-# Byte i of a uint64 holds code i (0..7). Multiplying the isolated plane-p bits by this constant
-# gathers bit p of all eight bytes into the top byte (no two partial products overlap, so no
-# carries); the product wraps modulo 2^64, which torch's int64 multiply does.
-_GATHER = 0x0102040810204080
-_LOW_BITS = 0x0101010101010101
+def _gather_codes(x: torch.Tensor) -> torch.Tensor:
+    """int64 holding eight codes (< 8) in its bytes -> the same codes as 3-bit fields, code j
+    at bits 3j .. 3j + 2 (three merge steps: byte pairs, then 16-bit, then 32-bit halves)."""
+    x = (x & 0x00FF00FF00FF00FF) | ((x >> 5) & 0x0038003800380038)
+    x = (x & 0x0000003F0000003F) | ((x >> 10) & 0x00000FC000000FC0)
+    return (x & 0xFFF) | ((x >> 20) & 0xFFF000)
 
 
 def _pack_planes(codes_lane: torch.Tensor) -> torch.Tensor:
-    """codes uint8 [S, 32 lanes, 32] in plane-bit order -> int32 [S, 3, 32]: bit b of plane
-    word p is bit p of code b."""
+    """codes uint8 [S, 32 lanes, 32] in position order (b = r + 16 e) -> the code words, int32
+    [S, 3, 32], in format version 3's packing (layout.code_bit_locations): pairs 0-14 in
+    slots of 3 bits, five per word; pair 15's bits in the words' spare bits 15 and 31."""
     s = codes_lane.shape[0]
-    groups = codes_lane.contiguous().view(torch.int64)  # [S, 32, 4]: 8 codes each
-    plane_bytes = codes_lane.new_empty((s, PLANES, LANES, 4))
-    for p in range(PLANES):
-        gathered = (((groups >> p) & _LOW_BITS) * _GATHER) >> 56
-        plane_bytes[:, p] = gathered.to(torch.uint8)
-    return plane_bytes.view(torch.int32).view(s, PLANES, LANES)
+    eight = codes_lane.contiguous().view(torch.int64).view(s, LANES, 2, 2)  # [S, L, e, 8 codes]
+    low, high = _gather_codes(eight[..., 0]), _gather_codes(eight[..., 1])  # pairs 0-7, 8-15
+    halves = torch.stack([
+        low & 0x7FFF,                                        # word 0: pairs 0-4
+        (low >> 15) | ((high & 0x3F) << 9),                  # word 1: pairs 5-9
+        (high >> 6) & 0x7FFF], dim=-1)                        # word 2: pairs 10-14
+    halves |= ((high >> 21).unsqueeze(-1) >> torch.arange(PLANES, device=halves.device) & 1) << 15
+    words = halves[:, :, 0] | (halves[:, :, 1] << 16)  # [S, L, word]: half e at bits 16 e
+    return words.to(torch.int32).transpose(1, 2).contiguous()
 
 
 @lru_cache(maxsize=None)  # one per device: built once, not per chunk of every call
-def _spread_table(device) -> torch.Tensor:
-    """int64 [256]: bit j of the index moved to bit 8j (byte j = 0 or 1)."""
-    idx = torch.arange(256, dtype=torch.int64)
-    table = torch.zeros(256, dtype=torch.int64)
-    for j in range(8):
-        table |= ((idx >> j) & 1) << (8 * j)
-    return table.to(device)
+def _half_word_tables(device) -> torch.Tensor:
+    """int64 [4, 2^16]: a code half-word's slots placed where they belong in the two 64-bit
+    words (pairs 0-7, pairs 8-15) of a lane's codes in one half. Word 0's five slots are pairs
+    0-4 (bytes 0-4 of the first); word 1's first three are pairs 5-7 (bytes 5-7 of the first),
+    its last two pairs 8-9 (bytes 0-1 of the second), with its spare bit as bit 1 of pair 15;
+    word 2's are pairs 10-14 (bytes 2-6 of the second), its spare bit bit 2 of pair 15."""
+    half = torch.arange(1 << 16, dtype=torch.int64)
+    slot = [(half >> (3 * j)) & 7 for j in range(CODE_SLOTS)]
+    spare = (half >> 15) & 1
+    word0 = sum(slot[j] << (8 * j) for j in range(5))
+    word1_first = sum(slot[j] << (8 * (5 + j)) for j in range(3))
+    word1_second = slot[3] | (slot[4] << 8) | (spare << 57)
+    word2 = sum(slot[j] << (8 * (2 + j)) for j in range(5)) | (spare << 58)
+    return torch.stack([word0, word1_first, word1_second, word2]).to(device)
 
 
 def _unpack_codes(planes: torch.Tensor) -> torch.Tensor:
-    """int32 [S, 3, 32] -> codes uint8 [S, 1024], lane-major, plane-bit order (the inverse
-    of _pack_planes)."""
+    """int32 [S, 3, 32] code words -> codes uint8 [S, 1024], lane-major, in position order
+    (the inverse of _pack_planes): four table lookups per lane and half, each giving whole
+    bytes of codes."""
     s = planes.shape[0]
-    plane_bytes = planes.contiguous().view(torch.uint8).view(s, PLANES, -1).to(torch.int32)
-    spread = _spread_table(planes.device)
-    codes = torch.index_select(spread, 0, plane_bytes[:, 0].reshape(-1))
-    codes |= torch.index_select(spread, 0, plane_bytes[:, 1].reshape(-1)) << 1
-    codes |= torch.index_select(spread, 0, plane_bytes[:, 2].reshape(-1)) << 2
+    halves = planes.view(torch.int16).view(s, PLANES, LANES, 2).to(torch.int32) & 0xFFFF
+    table = _half_word_tables(planes.device)
+    codes = torch.empty((s, LANES, 2, 2), dtype=torch.int64, device=planes.device)
+
+    def look(which, word):  # [S, L, half] int64
+        return torch.index_select(table[which], 0, halves[:, word].reshape(-1)).view(
+            s, LANES, 2)
+
+    codes[..., 0] = look(0, 0) | look(1, 1)
+    codes[..., 1] = look(2, 1) | look(3, 2) | ((halves[:, 0] >> 15).to(torch.int64) << 56)
     return codes.view(torch.uint8).view(s, STRIP_ELEMS)
 
 
 def _to_bit_order(lane: torch.Tensor) -> torch.Tensor:
-    """Lane order (element i = 2r + e) -> plane-bit order (b = r + 16e), as a strided view."""
+    """Lane order (element i = 2r + e) -> position order (b = r + 16e), as a strided view."""
     return lane.view(-1, 16, 2).transpose(1, 2)
 
 
@@ -157,7 +175,7 @@ def compress(w: torch.Tensor, name: str = "tensor") -> CompressedTensor:
         lane = to_lane_order(_padded_rows(bits, r0, r1, kp, lo << 7))
         sign_mantissa[s0 * STRIP_ELEMS:s1 * STRIP_ELEMS] = _lane_to_sm_order(
             ((lane >> 8).to(torch.uint8) & 0x80) | (lane.to(torch.uint8) & 0x7F))
-        # codes and positions are in plane-bit order: position = 32 lane + plane bit
+        # codes and positions are in position order: position = 32 lane + b
         exponent = _to_bit_order((lane >> 7).to(torch.uint8)).reshape(s1 - s0, STRIP_ELEMS)
         offset = exponent - lo  # uint8 arithmetic wraps: < 8 exactly inside the window
         outside = offset >= WINDOW

@@ -1,6 +1,6 @@
-"""The fallback entry stream of format version 2 (docs/FORMAT.md §5): one 18-bit record per
-fallback, bits 0-9 its position in the strip (32 lane + plane bit), bits 10-17 its exponent,
-record j at bits 18 j .. 18 j + 17 of a little-endian byte stream."""
+"""The fallback entry stream (docs/FORMAT.md §5; format versions 2 and 3): one 18-bit record
+per fallback, bits 0-9 its position in the strip (32 lane + b, b = r + 16 e), bits 10-17 its
+exponent, record j at bits 18 j .. 18 j + 17 of a little-endian byte stream."""
 from __future__ import annotations
 
 import torch

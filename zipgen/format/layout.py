@@ -18,7 +18,8 @@ ROWS_PER_STRIP = 16
 COLS_PER_STRIP = 64
 STRIP_ELEMS = ROWS_PER_STRIP * COLS_PER_STRIP  # 1024
 LANES = 32
-PLANES = 3
+PLANES = 3  # 32-bit code words per lane and strip (version 2's bit-planes; the name stayed)
+CODE_SLOTS = 5  # register pairs per code word in format version 3 (the 16th takes spare bits)
 WINDOW = 8  # exponents covered by the codes 0..7
 STREAM_ALIGN = 16  # bytes; the fallback entry stream is padded to a multiple of this
 
@@ -32,6 +33,20 @@ def padded_shape(n: int, k: int) -> tuple[int, int]:
 def num_strips(n: int, k: int) -> int:
     np_, kp = padded_shape(n, k)
     return (np_ // ROWS_PER_STRIP) * (kp // COLS_PER_STRIP)
+
+
+def code_bit_locations() -> tuple[torch.Tensor, torch.Tensor]:
+    """Format version 3 (FORMAT.md §5): where bit p of the code at position b = r + 16 e of a
+    lane (register pair r, half e) lives among the lane's three code words: (word, bit), each
+    int64 [32 positions, 3 bits]. Pair r < 15 sits in word r // 5 at bit 3 (r % 5) + 16 e + p;
+    pair 15's bit p in word p at bit 15 + 16 e."""
+    b = torch.arange(32).unsqueeze(1)
+    p = torch.arange(PLANES).unsqueeze(0)
+    r, e = b % 16, b // 16
+    slotted = r < 3 * CODE_SLOTS
+    word = torch.where(slotted, r // CODE_SLOTS, p)
+    bit = torch.where(slotted, 3 * (r % CODE_SLOTS) + p, torch.full_like(p, 15)) + 16 * e
+    return word, bit
 
 
 # The register half e is innermost both in natural and in lane order, so the permutation moves

@@ -21,7 +21,8 @@ import torch
 from ..errors import InputError
 from .codec import checked_entries
 from .entries import POSITION_BITS, POSITION_MASK, last_readable, unpack_entries
-from .layout import COLS_PER_STRIP, ROWS_PER_STRIP, STRIP_ELEMS, padded_shape
+from .layout import (COLS_PER_STRIP, PLANES, ROWS_PER_STRIP, STRIP_ELEMS, code_bit_locations,
+                     padded_shape)
 from .tensor import CompressedTensor
 
 # Rows decoded per pass: bounds the intermediates (~40 bytes per element) for long prompts.
@@ -40,6 +41,13 @@ def _strip_tables(device) -> tuple[torch.Tensor, torch.Tensor]:
     lane = 4 * g + q
     element = 8 * t + 2 * (f_low + 2 * f_high) + e
     return lane.to(device), element.to(device)
+
+
+@lru_cache(maxsize=None)
+def _code_tables(device) -> tuple[torch.Tensor, torch.Tensor]:
+    """code_bit_locations() on `device`, made once: a copy from the host is not allowed while
+    a CUDA graph is being captured (a ZipEmbedding in a captured step)."""
+    return tuple(t.to(device) for t in code_bit_locations())
 
 
 # A strip holds at most 1024 records; 11 halvings narrow any range of them to one place.
@@ -89,11 +97,15 @@ def _decode(ct: CompressedTensor, rows: torch.Tensor, keys: torch.Tensor | None)
 
     sign_mantissa = ct.sign_mantissa[s * STRIP_ELEMS + 512 * (element >> 4) + 16 * lane
                                      + (element & 15)].to(torch.int16)  # [R, S, 64]
-    words = ct.planes[strips].to(torch.int64) & 0xFFFFFFFF  # [R, S, 3 planes, 32 lanes]
-    bit = (element >> 1) + 16 * (element & 1)  # plane bit of each element
+    words = ct.planes[strips].to(torch.int64) & 0xFFFFFFFF  # [R, S, 3 words, 32 lanes]
+    bit = (element >> 1) + 16 * (element & 1)  # position of each element in its lane
     mine = words.gather(3, lane.unsqueeze(2).expand(*strips.shape, 3, COLS_PER_STRIP))
-    mine = (mine >> bit.unsqueeze(2)) & 1  # [R, S, 3, 64]
-    code = mine[:, :, 0] | (mine[:, :, 1] << 1) | (mine[:, :, 2] << 2)
+    code = torch.zeros_like(mine[:, :, 0])  # [R, S, 64]
+    code_word, code_bit = _code_tables(ct.device)
+    for p in range(PLANES):  # bit p of each code, from its word (format version 3)
+        word = code_word[bit, p].expand(*strips.shape, COLS_PER_STRIP)  # [R, S, 64]
+        value = mine.gather(2, word.unsqueeze(2)).squeeze(2)
+        code |= ((value >> code_bit[bit, p]) & 1) << p
 
     exponent = code + ct.base
     position = 32 * lane + bit  # [R, 1, 64]

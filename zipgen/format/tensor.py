@@ -1,4 +1,4 @@
-"""CompressedTensor: one BF16 matrix in TCA-TBE format version 2 (docs/FORMAT.md)."""
+"""CompressedTensor: one BF16 matrix in TCA-TBE format version 3 (docs/FORMAT.md)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
@@ -9,7 +9,7 @@ from ..errors import FormatError
 from .entries import entry_stream_bytes
 from .layout import LANES, PLANES, STRIP_ELEMS, num_strips
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 
 # name -> dtype of each stream, in the order they are stored
 STREAMS = {

@@ -9,8 +9,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..errors import FormatError, InputError
+from ..errors import InputError
 from ..format import FORMAT_VERSION, CompressedTensor
+from ..format.upgrade import check_readable, code_words_from_v2
 from ..format.layout import LANES, PLANES, STRIP_ELEMS, num_strips
 from ..format.entries import entry_stream_bytes
 from ..format.tensor import STREAMS
@@ -77,14 +78,14 @@ class CompressedWeight(nn.Module):
 
     def set_extra_state(self, state: torch.Tensor) -> None:
         version, n, k, base = (int(v) for v in state.tolist())
-        if version != FORMAT_VERSION:
-            raise FormatError(f"state dict holds TCA-TBE format version {version}; this zipgen "
-                              f"reads version {FORMAT_VERSION}")
+        check_readable(version, "state dict")
         if (n, k) != self.weight_shape:
             raise InputError(f"state dict holds a {n} x {k} weight, this "
                              f"{type(self).__name__} is {self.weight_shape[0]} x "
                              f"{self.weight_shape[1]}")
         self.base = base
+        if version != FORMAT_VERSION and self.planes.device.type != "meta":
+            self.planes = code_words_from_v2(self.planes)  # an older state dict, upgraded
         if self.sign_mantissa.device.type != "meta":  # torch sets buffers before extra state
             self.compressed()  # validates: a bad state dict fails here, not in a kernel
 

@@ -1,4 +1,4 @@
-// TCA-TBE format version 2 (docs/FORMAT.md): device-side decoding of one lane's share of a strip.
+// TCA-TBE format version 3 (docs/FORMAT.md): device-side decoding of one lane's share of a strip.
 //
 // A strip is 16 rows x 64 columns. Lane l of a warp owns 32 elements, which are exactly the
 // A-operand registers of mma.sync.m16n8k16 (bf16) for the strip's four 16x16 tensor-core tiles:
@@ -21,7 +21,7 @@ constexpr int kStagePitch = 36;
 constexpr int kStageWords = kStripRows * kStagePitch;
 
 // The compressed data one lane loads for one strip: 2 x 16 B of sign-mantissa bytes (tiles
-// 0-1 and 2-3) and one 32-bit word of each code bit-plane.
+// 0-1 and 2-3) and the three 32-bit words of its codes.
 struct LaneStrip {
   uint4 sm[2];
   unsigned planes[kPlanes];
@@ -75,50 +75,45 @@ __device__ __forceinline__ unsigned select_bits(unsigned m, unsigned a, unsigned
   return r;
 }
 
-// The three code bits of each register pair brought next to each other, once per strip: after
-// this, a pair's exponent fields cost one AND and one shift-add instead of three of each.
-// Register pair r's codes sit at bits r (half 0) and r + 16 (half 1) of the three planes. Shift
-// plane p left by p, and bit p of the code of pair r lands at bit r + p, where it collides with
-// plane p' of pair r + p - p'. So keep, at each position, the plane that pair r = position -
-// class needs, for pairs of one residue r mod 3 at a time (three words, masks below), and do it
-// twice: for pairs 0-7 (planes as they are) and for pairs 8-15 (planes shifted right by 8).
-// Word z[3h + (r & 7) % 3] then holds pair r = 8h + (r & 7) at bits (r & 7) .. +2 and +16 .. +18;
-// the positions no pair of that word uses hold bits of other pairs, masked away per pair.
-struct CodeWords {
-  unsigned z[6];
-};
-
-// Bits p (and p + 16) with p % 3 == 0, 1, 2; word k keeps plane c at the bits with
-// (p - k) % 3 == c, i.e. mask kClass[(k + c) % 3].
-constexpr unsigned kClass[3] = {0x92499249u, 0x24922492u, 0x49244924u};
-
-// (a & M) | (b & ~M) with M an immediate, as one LOP3 (the compiler would fold the known zero
-// bits of a shifted operand into a second mask and emit two).
-template <unsigned M>
-__device__ __forceinline__ unsigned select_imm(unsigned a, unsigned b) {
+// (x & mask) >> shift, plus acc: the right-shift twin of and_shift_add, as a multiply-high by
+// 2^(32 - shift) (ptxas makes it one LEA.HI or IMAD.HI).
+__device__ __forceinline__ unsigned and_shift_right_add(unsigned x, unsigned mask, int shift,
+                                                        unsigned acc) {
   unsigned r;
-  asm("lop3.b32 %0, %1, %2, %3, 0xE4;" : "=r"(r) : "r"(a), "r"(b), "n"(M));
+  asm("{\n\t.reg .b32 t;\n\tand.b32 t, %1, %2;\n\tmad.hi.u32 %0, t, %3, %4;\n\t}"
+      : "=r"(r) : "r"(x), "r"(mask), "r"(1u << (32 - shift)), "r"(acc));
   return r;
 }
 
-template <int k>
-__device__ __forceinline__ unsigned group_code(unsigned p0, unsigned p1_up1, unsigned p2_up2) {
-  const unsigned t = select_imm<kClass[k % 3]>(p0, p1_up1);
-  return select_imm<kClass[(k + 2) % 3]>(p2_up2, t);
-}
-
-__device__ __forceinline__ void group_codes(unsigned p0, unsigned p1_up1, unsigned p2_up2,
-                                            unsigned* z) {
-  z[0] = group_code<0>(p0, p1_up1, p2_up2);
-  z[1] = group_code<1>(p0, p1_up1, p2_up2);
-  z[2] = group_code<2>(p0, p1_up1, p2_up2);
-}
+// Format version 3 packs the codes by register pair (FORMAT.md §4): word r / 5 holds pair
+// r < 15 in a slot at bit s = 3 (r % 5), half 0 at bits s .. s + 2 and half 1 at s + 16 ..
+// s + 18; pair 15 takes the spare bits 15 and 31, bit p of its codes in word p. So a pair's
+// exponent fields cost one AND and one shift-add straight from the loaded words (version 2's
+// bit-planes needed 17 instructions per strip to regroup them first).
+struct CodeWords {
+  unsigned w[kPlanes];
+};
 
 __device__ __forceinline__ CodeWords code_words(const LaneStrip& d) {
   CodeWords c;
-  group_codes(d.planes[0], d.planes[1] << 1, d.planes[2] << 2, c.z);
-  group_codes(d.planes[0] >> 8, d.planes[1] >> 7, d.planes[2] >> 6, c.z + 3);
+#pragma unroll
+  for (int i = 0; i < kPlanes; ++i) c.w[i] = d.planes[i];
   return c;
+}
+
+// Both codes of pair r moved to bits 7 and 23, plus base_pair (base + code <= 255: no carry
+// into the sign bits). r must be a constant (unrolled loops).
+__device__ __forceinline__ unsigned exponent_pair(const CodeWords& c, int r, unsigned base_pair) {
+  if (r < 15) {
+    const int s = 3 * (r % 5);
+    const unsigned word = c.w[r / 5];
+    return s <= 7 ? and_shift_add(word, 0x00070007u << s, 7 - s, base_pair)
+                  : and_shift_right_add(word, 0x00070007u << s, s - 7, base_pair);
+  }
+  // pair 15: bit p of both codes at bits 15 and 31 of word p, to bits 7 + p and 23 + p
+  unsigned e = and_shift_right_add(c.w[0], 0x80008000u, 8, base_pair);
+  e = and_shift_right_add(c.w[1], 0x80008000u, 7, e);
+  return and_shift_right_add(c.w[2], 0x80008000u, 6, e);
 }
 
 // Decode register pair r (both BF16 halves) of a lane; call it from unrolled loops only, so
@@ -134,11 +129,7 @@ __device__ __forceinline__ unsigned decode_pair(const LaneStrip& d, const CodeWo
   // [b0, sign(b0) x 8, b1, sign(b1) x 8]: the signs land on bits 15 and 31, the mantissas on
   // 0-6 and 16-22; the bits in between are replaced by the exponents below.
   const unsigned sm = prmt(word, (r & 1) ? 0xB3A2u : 0x9180u);
-  // both 3-bit codes moved to bits 7 and 23, plus the base exponent (base + code <= 255: no
-  // carry into the sign bits)
-  const int q = r & 7;
-  const unsigned exponent = and_shift_add(c.z[3 * (r >> 3) + q % 3], 0x00070007u << q, 7 - q,
-                                          base_pair);
+  const unsigned exponent = exponent_pair(c, r, base_pair);
   return select_bits(0x807F807Fu, sm, exponent);
 }
 
@@ -148,7 +139,7 @@ __device__ __forceinline__ unsigned base_pair_of(int base) {
 }
 
 // Fallback entries (FORMAT.md §5): record j is the 18 bits at bit 18 j of the entry stream; bits
-// 0-9 the position 32 lane + b in the strip (b = plane bit r + 16 e), bits 10-17 the exponent.
+// 0-9 the position 32 lane + b in the strip (b = r + 16 e), bits 10-17 the exponent.
 constexpr int kEntryBits = 18;
 
 // Record `index` from the stream as 32-bit words (4-byte aligned; the stream's padding keeps

@@ -48,7 +48,7 @@ struct GemmArgs {
 };
 
 // A lane's words of strip s: 16-byte sign-mantissa chunks lane and 32 + lane of the strip's
-// 1024 bytes, plane words lane, 32 + lane, 64 + lane, and the strip's fallback offset. Strip
+// 1024 bytes, code words lane, 32 + lane, 64 + lane, and the strip's fallback offset. Strip
 // numbers are 32-bit (a matrix has < 2^31 / 1024 strips per 2 GiB of sign-mantissa bytes), so
 // each address is one wide multiply-add from a lane-constant base.
 struct LaneStreams {
@@ -180,7 +180,13 @@ __device__ __forceinline__ void multiply_strip(float (&acc)[kTokenTiles][4], con
   const CodeWords codes = code_words(in.data);
   unsigned regs[16];
 #pragma unroll
-  for (int r = 0; r < 16; ++r) regs[r] = decode_pair(in.data, codes, r, base_pair);
+  for (int i = 0; i < 16; ++i) {
+    // pair 15 first: it reads all three code words, so after it each word dies with its last
+    // slot, and ptxas issues the next strips' loads before this decode instead of after it
+    // (staged 8 warps, 2 token tiles, depth 2; format version 3)
+    const int r = (i + 15) % 16;
+    regs[r] = decode_pair(in.data, codes, r, base_pair);
+  }
 #pragma unroll
   for (int t = 0; t < 4; ++t)
     st_shared_v4(lane_tile + 16 * t, regs[4 * t], regs[4 * t + 1], regs[4 * t + 2], regs[4 * t + 3]);
@@ -303,11 +309,16 @@ __device__ __forceinline__ void zipgemm_rows(const GemmArgs& a, unsigned char* s
   // so that every warp of a K slice takes part in the slice's barriers (staged); its sums are
   // never stored.
   const int member = warp % kRowGroups;
-  // in the CTA: its staging buffer and barrier. A constant 0 for the wgmma path's single
-  // warpgroup, so that ptxas keeps the buffers' descriptors in uniform registers (no R2UR per
-  // HGMMA; 4 warps: 2-4 % fewer instructions per strip, 80-126 -> 72-96 registers; on the
-  // mma.sync path the same measured 3 % more, so it stays there)
-  const int slice = kWgmma && kWarpsK == 1 ? 0 : warp / kRowGroups;
+  // in the CTA: its staging buffer and barrier. On the wgmma path ptxas must see it as
+  // warp-uniform to keep the buffers' descriptors and the TMA's operands in uniform registers:
+  // a constant 0 for a single warpgroup, else broadcast from lane 0 (a shuffle, which ptxas
+  // knows is uniform; as CUTLASS's canonical_warp_idx_sync). Without it each strip copied them
+  // with 11 R2UR (SASS, every multi-warpgroup winner: 2-6 % fewer instructions per strip, 2-18
+  // fewer registers). On the mma.sync path the broadcast costs registers (64 -> 77 at 16 warps,
+  // half the CTAs per SM), so it stays there.
+  const int slice = kWgmma && kWarpsK == 1 ? 0
+                    : kWgmma ? __shfl_sync(0xFFFFFFFFu, warp / kRowGroups, 0)
+                             : warp / kRowGroups;
   // in the row: K strips kslice, kslice + kSlices, ... (the CTAs of grid z take turns)
   const int kslice = kSplits == 1 ? slice : static_cast<int>(blockIdx.z) * kWarpsK + slice;
   const int first_strip_row = (static_cast<int>(blockIdx.x) * kRowGroups + member) * kRowStrips;
