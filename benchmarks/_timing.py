@@ -20,6 +20,7 @@ def describe_machine() -> str:
     try:
         driver = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
                                 capture_output=True, text=True, timeout=10).stdout.strip()
+        driver = driver.splitlines()[0] if driver else "?"  # one line per GPU
     except (OSError, subprocess.SubprocessError):
         driver = "?"
     return (f"{props.name}, {props.multi_processor_count} SMs, "
