@@ -244,6 +244,19 @@ def test_switch_point_is_the_largest_m_where_fused_won(tmp_path, built):
         (16, "exact")
 
 
+def test_switch_point_weighs_the_buckets_tuned_before(tmp_path, built):
+    """A run over M = 1 alone keeps the fused kernel at the larger buckets an earlier run of the
+    same kernels tuned: the switch point is decided over all of them."""
+    def time_us(op, cfg, m):
+        return 30.0 if op == "decode_path" else 10.0 + m if op == "zipgemm" else 5.0
+
+    first = tuner(tmp_path, FakeMeasurer(time_us), ops=("zipgemm",), ms=(16, 64)).run()
+    assert not first.switches  # no M = 1 yet
+    (label, record), = tuner(tmp_path, FakeMeasurer(time_us), ops=("zipgemm",), ms=(1,)).run().switches
+    assert record.detail["buckets"] == [1, 16, 64]
+    assert record.config == {"fused_max_m": 16}
+
+
 def test_switch_point_uses_the_tuned_decoder(tmp_path, built):
     fake = FakeMeasurer(lambda op, cfg, m: 1.0 if cfg == {"warps_per_cta": 8,
                                                           "strips_per_warp": 2} else 9.0)

@@ -281,6 +281,12 @@ class Tuner:
                         fused[bucket] = row.winner
                 if "zipgemm" not in self.o.ops or k % 8:
                     continue
+                # the switch point weighs every bucket of today's kernels, not only those tuned
+                # now: a run over --m 1,8 alone must not forget that the fused kernel also won
+                # at 16-128 (it did, and sent those Ms to decode + cuBLAS, 2x slower)
+                for key, record in winners(self.records, "zipgemm").items():
+                    if key[1:5] == (self.target.arch, self.target.device_name, n, k):
+                        fused.setdefault(key[5], record)
                 if 1 not in fused:  # below the smallest tuned bucket nothing is known
                     why = "no --m 1" if 1 not in self.o.ms else "no fused config ran at M=1"
                     self.report.notes.append(f"{label}: switch point not tuned ({why}; it needs "
