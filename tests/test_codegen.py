@@ -493,7 +493,8 @@ def test_split_k_configs_names_grids_and_workspace():
     # the two pointers are parameters of split-K kernels only
     assert "workspace" in render("zipgemm", "sm_90", cfg).source
     assert "float* __restrict__ workspace" not in render("zipgemm", "sm_90", one).source
-    assert any("k_splits=5" in p for p in ZipGemmConfig(k_splits=5).problems(arch_traits("sm_80")))
+    assert any("k_splits=9" in p for p in ZipGemmConfig(k_splits=9).problems(arch_traits("sm_80")))
+    assert not ZipGemmConfig(k_splits=8).problems(arch_traits("sm_80"))
 
 
 @pytest.mark.parametrize("arch, cfg", [

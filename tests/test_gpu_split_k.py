@@ -21,7 +21,8 @@ pytestmark = [pytest.mark.gpu, requires_gpu]
 # wgmma (where the tuner searches split-K): warps, token tiles, depth, k_splits
 WGMMA = [ZipGemmConfig(w, t, d, 4, True, 1, True, 1, s)
          for w, t, d, s in [(4, 1, 1, 2), (4, 4, 1, 3), (4, 16, 1, 4), (8, 2, 2, 2), (8, 4, 1, 4),
-                            (16, 1, 1, 3), (16, 4, 1, 2), (16, 8, 1, 4), (16, 16, 2, 2)]]
+                            (16, 1, 1, 3), (16, 4, 1, 2), (16, 8, 1, 4), (16, 16, 2, 2),
+                            (4, 2, 1, 6), (4, 4, 2, 8), (8, 4, 1, 5), (16, 2, 1, 7)]]
 # the mma.sync paths run it too (direct, staged, two strip rows, grouped strips)
 MMA_SYNC = [ZipGemmConfig(8, 1, 2, 1, False, 1, False, 1, 2),
             ZipGemmConfig(16, 2, 1, 4, True, 1, False, 1, 3),

@@ -119,8 +119,8 @@ class ZipGemmConfig(_Config):
         elif self.x_strips > 1 and not (self.stage_x is True and self.wgmma is False):
             out.append("x_strips > 1 needs stage_x=True and wgmma=False (it groups the staged "
                        "mma.sync path's copies; wgmma stages through the TMA)")
-        if self.k_splits not in (1, 2, 3, 4):
-            out.append(f"k_splits={self.k_splits} is not 1, 2, 3 or 4")
+        if self.k_splits not in range(1, 9):
+            out.append(f"k_splits={self.k_splits} is not an integer from 1 to 8")
         if not isinstance(self.wgmma, bool):
             out.append(f"wgmma={self.wgmma!r} is not a bool")
         elif self.wgmma:

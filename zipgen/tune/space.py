@@ -13,6 +13,8 @@ VALUES: dict[str, dict[str, tuple]] = {
     "zipgemm": {"warps_per_cta": (2, 4, 8, 16), "token_tiles": (1, 2, 4, 8, 16),
                 "depth": (1, 2, 3, 4), "row_groups": (1, 2, 4), "stage_x": (False, True),
                 "row_strips": (1, 2), "wgmma": (False, True), "x_strips": (1, 2, 4),
+                # k_splits 5-8 are valid kernels but lost every one of 360 trials on the layers
+                # with the fewest tiles (benchmarks/results/split-k-5-8-s12-h200-2026-11-28.md)
                 "k_splits": (1, 2, 3, 4)},
     "decode": {"warps_per_cta": (1, 2, 4, 8, 16), "strips_per_warp": (1, 2, 4, 8)},
 }

@@ -1,0 +1,76 @@
+"""Measure a grid of split-K configurations of the wgmma kernel through the tuner (each one
+verified, then timed, and recorded in the tuning database like any trial), for shapes where
+the 64-row tiles leave SMs idle, and print each study's winner before and after.
+
+    ZIPGEN_TUNING_DB=DIR python benchmarks/split_sweep.py [--splits 5,6,7,8] [--ms 16,32]
+        [--shapes 6144x4096,4096x4096,...] [--budget-s 150]
+
+The tuner's own search (`zipgen tune`) samples k_splits from zipgen.tune.space.VALUES; this
+script tries values outside it, on chosen shapes, to decide whether they belong there.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import time
+
+from zipgen.codegen import ZipGemmConfig
+from zipgen.tune import TuningDB, winners
+from zipgen.tune.db import write_folder
+from zipgen.tune.search import Options, Target, Tuner
+from zipgen.tune.worker import Worker
+
+# the layers below cuBLAS at M = 16 / 32 (BENCHMARKS.md), and their 64-row tile counts
+SHAPES = {"8B qkv": (6144, 4096), "8B o": (4096, 4096), "8B down": (4096, 14336),
+          "8B gate_up": (28672, 4096), "70B qkv": (10240, 8192)}
+
+
+def grid(splits, m_bucket):
+    """wgmma configurations: warps 4 / 8 / 16, depth 1-2, the token tiles that cover M."""
+    tiles = [t for t in (1, 2, 4, 8, 16) if 8 * t >= m_bucket][:1]
+    for w, d, t, s in itertools.product((4, 8, 16), (1, 2), tiles, splits):
+        yield ZipGemmConfig(warps_per_cta=w, token_tiles=t, depth=d, row_groups=4, stage_x=True,
+                            row_strips=1, wgmma=True, x_strips=1, k_splits=s)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--splits", default="5,6,7,8")
+    ap.add_argument("--ms", default="16,32")
+    ap.add_argument("--shapes", default=",".join(f"{n}x{k}" for n, k in SHAPES.values()))
+    ap.add_argument("--budget-s", type=float, default=150.0)
+    args = ap.parse_args()
+    splits = [int(v) for v in args.splits.split(",")]
+    ms = [int(v) for v in args.ms.split(",")]
+    shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
+    names = {v: k for k, v in SHAPES.items()}
+    db = TuningDB(write_folder())  # $ZIPGEN_TUNING_DB when set
+    target = Target.current()
+    tuner = Tuner(Options([(names.get(s, f"{s[0]}x{s[1]}"),) + s for s in shapes], tuple(ms),
+                          ("zipgemm",)), target, db, measurer=Worker())
+    key = lambda n, k, m: ("zipgemm", target.arch, target.device_name, n, k, m)  # noqa: E731
+    before = winners(tuner.records, "zipgemm")
+    started, rows = time.monotonic(), []
+    try:
+        for (n, k), m in itertools.product(shapes, ms):
+            for cfg in grid(splits, m):
+                if time.monotonic() - started > args.budget_s:
+                    break
+                tuner.evaluate("zipgemm", n, k, m, cfg)
+            rows.append((n, k, m))
+    finally:
+        tuner.measurer().close()
+    after = winners(tuner.records, "zipgemm")
+    print(f"# split_sweep on {target.device_name}: k_splits {splits}, {db.folder}")
+    print("| layer | M | winner before µs | after µs | gain | new winner |")
+    print("|---|---|---|---|---|---|")
+    for n, k, m in rows:
+        b, a = before.get(key(n, k, m)), after.get(key(n, k, m))
+        if b is None or a is None:
+            continue
+        print(f"| {names.get((n, k), f'{n}x{k}')} | {m} | {b.median_us:.1f} | {a.median_us:.1f} "
+              f"| {b.median_us / a.median_us:.3f} | {'' if a is b else a.config} |")
+
+
+if __name__ == "__main__":
+    main()
