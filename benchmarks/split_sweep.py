@@ -20,7 +20,7 @@ from zipgen.tune.db import write_folder
 from zipgen.tune.search import Options, Target, Tuner
 from zipgen.tune.worker import Worker
 
-# the layers below cuBLAS at M = 16 / 32 (BENCHMARKS.md), and their 64-row tile counts
+# the layers with the fewest 64-row tiles for 132 SMs (8B o and down: 64, qkv: 96, 70B qkv: 160)
 SHAPES = {"8B qkv": (6144, 4096), "8B o": (4096, 4096), "8B down": (4096, 14336),
           "8B gate_up": (28672, 4096), "70B qkv": (10240, 8192)}
 

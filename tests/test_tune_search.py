@@ -252,7 +252,8 @@ def test_switch_point_weighs_the_buckets_tuned_before(tmp_path, built):
 
     first = tuner(tmp_path, FakeMeasurer(time_us), ops=("zipgemm",), ms=(16, 64)).run()
     assert not first.switches  # no M = 1 yet
-    (label, record), = tuner(tmp_path, FakeMeasurer(time_us), ops=("zipgemm",), ms=(1,)).run().switches
+    again = tuner(tmp_path, FakeMeasurer(time_us), ops=("zipgemm",), ms=(1,)).run()
+    (label, record), = again.switches
     assert record.detail["buckets"] == [1, 16, 64]
     assert record.config == {"fused_max_m": 16}
 
