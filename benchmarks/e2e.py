@@ -117,6 +117,8 @@ def main(argv=None):
                     help="build the model compressed layer by layer; no BF16 baseline")
     ap.add_argument("--device", default="cuda", help="cpu only for a smoke test (--mode eager)")
     ap.add_argument("--json")
+    ap.add_argument("--tokens-out", help="torch.save every generated token here (to compare "
+                    "two runs bit for bit: the seeds are fixed, so the tokens should match)")
     args = ap.parse_args(argv)
     batches = [int(b) for b in args.batches.split(",")]
     base = CONFIGS[args.model]
@@ -149,7 +151,7 @@ def main(argv=None):
             model, lambda m: compress_model(m, embeddings=args.compress_embeddings).summary(),
             batches=batches, prompt_len=args.prompt,
             new_tokens=args.new_tokens, mode=args.mode, path=args.path,
-            log=lambda s: print(s, flush=True))
+            log=lambda s: print(s, flush=True), tokens_out=args.tokens_out)
     print(text)
     if args.json:
         with open(args.json, "w") as f:

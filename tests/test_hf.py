@@ -245,6 +245,25 @@ def test_bench_model_cli_on_the_cpu(llama, tmp_path, capsys):
     assert [r["agreement"] for r in rows] == [1.0, 1.0]
     assert [r["teacher_forced_agreement"] for r in rows] == [1.0, 1.0]
     assert rows[0]["compressed"]["weight_bytes"] < rows[0]["baseline"]["weight_bytes"]
+    assert all(r[side]["repeats_agree"] for r in rows for side in ("baseline", "compressed"))
+
+
+def test_bench_model_saves_its_tokens(llama, tmp_path):
+    """--tokens-out: every generated token (both models, the teacher-forced argmax), so two
+    runs can be compared bit for bit; the same seeds give the same tokens."""
+    _, dst = llama
+    files = [tmp_path / "a.pt", tmp_path / "b.pt"]
+    for f in files:
+        assert main(["bench-model", str(dst), "--device", "cpu", "--mode", "eager", "--batches",
+                     "1,2", "--prompt", "8", "--new-tokens", "4", "--tokens-out", str(f)]) == 0
+    a, b = (torch.load(f) for f in files)
+    assert set(a) == {"bf16", "zipgen", "forced"} and set(a["bf16"]) == {1, 2}
+    assert a["zipgen"][2].shape == (2, 4)
+    for name in a:
+        for batch in a[name]:
+            assert torch.equal(a[name][batch], b[name][batch])
+    assert torch.equal(a["bf16"][2], a["zipgen"][2])  # the decode path on the CPU: exact
+    assert not list(tmp_path.glob("*.tmp"))
 
 
 def test_fused_siblings_load_and_bench(llama, tmp_path, capsys):

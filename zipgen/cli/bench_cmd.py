@@ -31,6 +31,8 @@ def add_parsers(sub) -> None:
                    help="stack q/k/v and gate/up into one layer each, in both models "
                         "(zipgen.nn.fuse_siblings)")
     p.add_argument("--json", type=Path, help="write the rows to this file")
+    p.add_argument("--tokens-out", type=Path,
+                   help="torch.save every generated token here, to compare two runs bit for bit")
     p.set_defaults(func=cmd_bench_model)
 
 
@@ -58,7 +60,8 @@ def cmd_bench_model(args) -> int:
         text, rows = hf_bench.compare(
             model, lambda m: compress_model(m, include=names, exclude=()).summary(),
             batches=batches, prompt_len=args.prompt, new_tokens=args.new_tokens,
-            mode=args.mode, path=args.path, log=lambda s: print(s, flush=True))
+            mode=args.mode, path=args.path, log=lambda s: print(s, flush=True),
+            tokens_out=args.tokens_out)
         print(text)
     if args.json:
         args.json.write_text(json.dumps({"model": str(args.model_dir), "rows": rows}, indent=1))

@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import datetime
 import inspect
+import os
 import sys
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -48,6 +50,7 @@ class DecodeRun:
     weight_bytes: int
     peak_bytes: int  # 0 on the CPU
     tokens: torch.Tensor = field(repr=False)  # [batch, new_tokens], greedy, on the CPU
+    repeats_agree: bool = True  # every timed repeat generated these same tokens
 
     def as_dict(self) -> dict:
         d = asdict(self)
@@ -177,6 +180,10 @@ def benchmark(model, label: str, batches=(1, 8, 32), prompt_len: int = 128,
         dec.capture(prompt)
         results = [dec.run(prompt) for _ in range(repeats)]
         tokens, prefill_s, _ = results[0]
+        repeats_agree = all(torch.equal(tokens, r[0]) for r in results[1:])
+        if not repeats_agree:
+            warnings.warn(f"{label}, batch {batch}: the timed repeats generated different "
+                          f"tokens (a nondeterministic kernel)", stacklevel=2)
         decode_s = min(r[2] for r in results)
         steps = new_tokens - 1
         peak = 0
@@ -186,21 +193,25 @@ def benchmark(model, label: str, batches=(1, 8, 32), prompt_len: int = 128,
                 peak += runtime.workspace_bytes(device)
         runs.append(DecodeRun(label, batch, prompt_len, new_tokens, 1000 * prefill_s,
                               1000 * decode_s / steps, batch * steps / decode_s, weights, peak,
-                              tokens))
+                              tokens, repeats_agree))
         del dec
     return runs
 
 
-def teacher_forced(model, baseline: list["DecodeRun"], mode: str = "graph") -> list[float]:
+def teacher_forced(model, baseline: list["DecodeRun"], mode: str = "graph",
+                   predictions: list | None = None) -> list[float]:
     """Per baseline run: the share of positions where `model`'s argmax equals the baseline's
     greedy token when both have seen the same tokens (the baseline's), through the same
-    decode-step kernels as the timed runs."""
+    decode-step kernels as the timed runs. predictions: a list to append `model`'s argmax
+    tokens to ([batch, new_tokens] per run)."""
     shares = []
     for run in baseline:
         prompt = prompts(model.config.vocab_size, run.batch, run.prompt).to(model.device)
         dec = _Decoder(model, run.batch, run.prompt, run.new_tokens, mode, forced=run.tokens)
         dec.capture(prompt)
         predicted, _, _ = dec.run(prompt)
+        if predictions is not None:
+            predictions.append(predicted)
         shares.append(float((predicted == run.tokens).float().mean()))
         del dec
     return shares
@@ -263,9 +274,12 @@ def set_gemm_path(model, path: str) -> None:
 
 
 def compare(model, to_compressed, *, batches=(1, 8, 32), prompt_len=128, new_tokens=256,
-            mode="graph", path="auto", log=print) -> tuple[str, list[dict]]:
+            mode="graph", path="auto", log=print,
+            tokens_out: str | None = None) -> tuple[str, list[dict]]:
     """Benchmark the BF16 `model`, convert it in place with to_compressed(model) (returns a
-    one-line summary), benchmark it again with the same harness; (table, rows)."""
+    one-line summary), benchmark it again with the same harness; (table, rows). tokens_out: a
+    file to torch.save every generated token to ({"bf16" | "zipgen" | "forced": {batch:
+    [batch, new_tokens]}}), to compare runs bit for bit (same seeds: same tokens)."""
     log(f"# BF16: {weight_memory(model)}")
     baseline = benchmark(model, "bf16", batches, prompt_len, new_tokens, mode)
     started = time.perf_counter()
@@ -276,4 +290,18 @@ def compare(model, to_compressed, *, batches=(1, 8, 32), prompt_len=128, new_tok
     set_gemm_path(model, path)
     log(f"# zipgen ({path} GEMM path): {weight_memory(model)}")
     compressed = benchmark(model, "zipgen", batches, prompt_len, new_tokens, mode)
-    return report(baseline, compressed, teacher_forced(model, baseline, mode))
+    predictions = []
+    forced = teacher_forced(model, baseline, mode, predictions)
+    if tokens_out is not None:
+        save_tokens(tokens_out, {"bf16": [r.tokens for r in baseline],
+                                 "zipgen": [r.tokens for r in compressed],
+                                 "forced": predictions}, batches)
+    return report(baseline, compressed, forced)
+
+
+def save_tokens(path: str, runs: dict, batches) -> None:
+    """torch.save {name: {batch: tokens}} to `path`, atomically."""
+    tmp = f"{path}.tmp"
+    torch.save({name: dict(zip(batches, tokens, strict=True)) for name, tokens in runs.items()},
+               tmp)
+    os.replace(tmp, path)
