@@ -5,7 +5,11 @@ the first module call whose output differs bit for bit between the two runs is r
 the BF16 model and for its compressed twin (zipgen.nn.compress_model).
 
     python benchmarks/determinism.py [--layers 4] [--batch 8] [--prompt 128] [--steps 16]
-        [--attn sdpa,eager] [--paths bf16,fused,decode]
+        [--attn sdpa,sdpa:math,sdpa:efficient_attention,sdpa:cudnn_attention,eager]
+        [--paths bf16,fused,decode]
+
+--attn: transformers' attention implementation; sdpa:BACKEND restricts PyTorch's SDPA to one
+backend (torch.nn.attention.sdpa_kernel).
 
 Eager steps, no CUDA graphs: a graph replays the same kernels, so a difference here is one
 there too.
@@ -13,8 +17,10 @@ there too.
 from __future__ import annotations
 
 import argparse
+import contextlib
 
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from zipgen.integrations import hf_bench
 from zipgen.nn import compress_model
@@ -65,7 +71,8 @@ def main():
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--prompt", type=int, default=128)
     ap.add_argument("--steps", type=int, default=16)
-    ap.add_argument("--attn", default="sdpa,eager")
+    ap.add_argument("--attn", default="sdpa,sdpa:math,sdpa:efficient_attention,"
+                                      "sdpa:cudnn_attention,eager")
     ap.add_argument("--paths", default="bf16,fused,decode")
     args = ap.parse_args()
     model = build_model(args.layers)
@@ -83,12 +90,20 @@ def main():
         if path != "bf16":
             hf_bench.set_gemm_path(model, path)
         for attn in args.attn.split(","):
+            impl, _, backend = attn.partition(":")
             if hasattr(model, "set_attn_implementation"):
-                model.set_attn_implementation(attn)
+                model.set_attn_implementation(impl)
             else:  # older transformers
-                model.config._attn_implementation = attn
-            a = run_once(model, prompt, forced)
-            b = run_once(model, prompt, forced)
+                model.config._attn_implementation = impl
+            only = (sdpa_kernel([getattr(SDPBackend, backend.upper())]) if backend
+                    else contextlib.nullcontext())
+            try:
+                with only:
+                    a = run_once(model, prompt, forced)
+                    b = run_once(model, prompt, forced)
+            except RuntimeError as e:  # the backend does not take these inputs
+                print(f"| {path} | {attn} | not run: {str(e).splitlines()[0][:120]} |", flush=True)
+                continue
             print(f"| {path} | {attn} | {first_difference(a, b)} |", flush=True)
             del a, b
 

@@ -64,17 +64,19 @@ SIGMA = [("embed_tokens", 0.010), ("lm_head", 0.012), ("q_proj", 0.020), ("k_pro
 
 
 def build_model(layers: int, seed: int = 0, device: str = "cuda", base: dict | None = None,
-                compress_as_built: bool = False, embeddings: bool = False):
+                compress_as_built: bool = False, embeddings: bool = False,
+                attn: str = "sdpa"):
     """The architecture of `base` (default: Llama-3.1-8B) with `layers` decoder layers and
     synthetic BF16 weights on `device`, drawn straight there (no CPU init, no throwaway copy).
     compress_as_built: compress each matrix as soon as it is drawn (zipgen.nn.compress_model on
     its module; embeddings too if asked), so the BF16 model never exists whole; returns
-    (model, summary) then, else the model."""
+    (model, summary) then, else the model. attn: transformers' attention implementation."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(**{**(base or LLAMA_31_8B), "num_hidden_layers": layers})
     with empty_weights():
-        model = LlamaForCausalLM._from_config(config, dtype=torch.bfloat16)
+        model = LlamaForCausalLM._from_config(config, dtype=torch.bfloat16,
+                                              attn_implementation=attn)
     g = torch.Generator(device=device).manual_seed(seed)
     reports = []
     for name, p in list(model.named_parameters()):
@@ -116,6 +118,9 @@ def main(argv=None):
     ap.add_argument("--compressed-only", action="store_true",
                     help="build the model compressed layer by layer; no BF16 baseline")
     ap.add_argument("--device", default="cuda", help="cpu only for a smoke test (--mode eager)")
+    ap.add_argument("--attn", choices=["sdpa", "eager"], default="sdpa",
+                    help="attention implementation (eager: deterministic run to run; PyTorch's "
+                         "SDPA is not on an H200, benchmarks/determinism.py)")
     ap.add_argument("--json")
     ap.add_argument("--tokens-out", help="torch.save every generated token here (to compare "
                     "two runs bit for bit: the seeds are fixed, so the tokens should match)")
@@ -130,7 +135,8 @@ def main(argv=None):
     started = time.perf_counter()
     if args.compressed_only:
         model, summary = build_model(layers, device=args.device, base=base,
-                                     compress_as_built=True, embeddings=args.compress_embeddings)
+                                     compress_as_built=True, embeddings=args.compress_embeddings,
+                                     attn=args.attn)
         print(f"# built and compressed in {time.perf_counter() - started:.1f} s: {summary}")
         if args.fuse_siblings:
             print(f"# siblings: {hf.fuse_projections(model).summary()}", flush=True)
@@ -141,7 +147,7 @@ def main(argv=None):
                                   args.mode)
         text, rows = hf_bench.runs_table(runs)
     else:
-        model = build_model(layers, device=args.device, base=base)
+        model = build_model(layers, device=args.device, base=base, attn=args.attn)
         print(f"# built in {time.perf_counter() - started:.1f} s; prompt {args.prompt}, "
               f"{args.new_tokens} new tokens, mode {args.mode}", flush=True)
         if args.fuse_siblings:
