@@ -35,6 +35,7 @@ quick run with the 8B layer shapes.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import time
 
@@ -118,13 +119,27 @@ def main(argv=None):
     ap.add_argument("--compressed-only", action="store_true",
                     help="build the model compressed layer by layer; no BF16 baseline")
     ap.add_argument("--device", default="cuda", help="cpu only for a smoke test (--mode eager)")
-    ap.add_argument("--attn", choices=["sdpa", "eager"], default="sdpa",
-                    help="attention implementation (eager: deterministic run to run; PyTorch's "
-                         "SDPA is not on an H200, benchmarks/determinism.py)")
+    ap.add_argument("--attn", choices=["sdpa", "sdpa-math", "eager"], default="sdpa",
+                    help="attention: PyTorch's SDPA with its default backend (cuDNN on an H200: "
+                         "not deterministic run to run, benchmarks/determinism.py), SDPA's "
+                         "math backend (deterministic), or transformers' eager attention "
+                         "(deterministic; not capturable in a CUDA graph)")
     ap.add_argument("--json")
     ap.add_argument("--tokens-out", help="torch.save every generated token here (to compare "
                     "two runs bit for bit: the seeds are fixed, so the tokens should match)")
     args = ap.parse_args(argv)
+    with attention(args.attn):
+        run(args)
+
+
+def attention(choice: str):
+    """The SDPA backends a run may use (only the math backend for sdpa-math)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.MATH]) if choice == "sdpa-math" else contextlib.nullcontext()
+
+
+def run(args):
     batches = [int(b) for b in args.batches.split(",")]
     base = CONFIGS[args.model]
     layers = args.layers or base["num_hidden_layers"]
@@ -136,7 +151,7 @@ def main(argv=None):
     if args.compressed_only:
         model, summary = build_model(layers, device=args.device, base=base,
                                      compress_as_built=True, embeddings=args.compress_embeddings,
-                                     attn=args.attn)
+                                     attn="eager" if args.attn == "eager" else "sdpa")
         print(f"# built and compressed in {time.perf_counter() - started:.1f} s: {summary}")
         if args.fuse_siblings:
             print(f"# siblings: {hf.fuse_projections(model).summary()}", flush=True)
@@ -147,7 +162,8 @@ def main(argv=None):
                                   args.mode)
         text, rows = hf_bench.runs_table(runs)
     else:
-        model = build_model(layers, device=args.device, base=base, attn=args.attn)
+        model = build_model(layers, device=args.device, base=base,
+                            attn="eager" if args.attn == "eager" else "sdpa")
         print(f"# built in {time.perf_counter() - started:.1f} s; prompt {args.prompt}, "
               f"{args.new_tokens} new tokens, mode {args.mode}", flush=True)
         if args.fuse_siblings:
