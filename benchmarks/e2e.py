@@ -35,7 +35,6 @@ quick run with the 8B layer shapes.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import time
 
@@ -128,15 +127,8 @@ def main(argv=None):
     ap.add_argument("--tokens-out", help="torch.save every generated token here (to compare "
                     "two runs bit for bit: the seeds are fixed, so the tokens should match)")
     args = ap.parse_args(argv)
-    with attention(args.attn):
+    with hf_bench.attention("sdpa" if args.attn == "eager" else args.attn):
         run(args)
-
-
-def attention(choice: str):
-    """The SDPA backends a run may use (only the math backend for sdpa-math)."""
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    return sdpa_kernel([SDPBackend.MATH]) if choice == "sdpa-math" else contextlib.nullcontext()
 
 
 def run(args):

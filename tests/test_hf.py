@@ -255,7 +255,8 @@ def test_bench_model_saves_its_tokens(llama, tmp_path):
     files = [tmp_path / "a.pt", tmp_path / "b.pt"]
     for f in files:
         assert main(["bench-model", str(dst), "--device", "cpu", "--mode", "eager", "--batches",
-                     "1,2", "--prompt", "8", "--new-tokens", "4", "--tokens-out", str(f)]) == 0
+                     "1,2", "--prompt", "8", "--new-tokens", "4", "--tokens-out", str(f),
+                     "--attn", "sdpa-math"]) == 0
     a, b = (torch.load(f) for f in files)
     assert set(a) == {"bf16", "zipgen", "forced"} and set(a["bf16"]) == {1, 2}
     assert a["zipgen"][2].shape == (2, 4)
@@ -264,6 +265,20 @@ def test_bench_model_saves_its_tokens(llama, tmp_path):
             assert torch.equal(a[name][batch], b[name][batch])
     assert torch.equal(a["bf16"][2], a["zipgen"][2])  # the decode path on the CPU: exact
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_attention_choices():
+    """hf_bench.attention: PyTorch's choice, or SDPA's math backend only (deterministic)."""
+    import torch.nn.functional as F
+
+    q = torch.randn(1, 2, 4, 8)
+    with hf_bench.attention("sdpa-math"):
+        math = F.scaled_dot_product_attention(q, q, q)
+    with hf_bench.attention("sdpa"):
+        default = F.scaled_dot_product_attention(q, q, q)
+    torch.testing.assert_close(math, default)
+    with pytest.raises(InputError, match="attention must be one of"):
+        hf_bench.attention("flash")
 
 
 def test_fused_siblings_load_and_bench(llama, tmp_path, capsys):

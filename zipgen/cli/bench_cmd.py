@@ -26,6 +26,10 @@ def add_parsers(sub) -> None:
     p.add_argument("--path", choices=["auto", "fused", "decode"], default="auto",
                    help="GEMM path of the compressed layers (default auto)")
     p.add_argument("--device", default="cuda")
+    p.add_argument("--attn", choices=["sdpa", "sdpa-math"], default="sdpa",
+                   help="sdpa: PyTorch's choice of attention kernel (default; on an H200 not "
+                        "deterministic run to run); sdpa-math: its math backend only "
+                        "(deterministic, slower: for agreement measurements)")
     p.add_argument("--no-baseline", action="store_true", help="benchmark the compressed model only")
     p.add_argument("--fuse-siblings", action="store_true",
                    help="stack q/k/v and gate/up into one layer each, in both models "
@@ -39,13 +43,20 @@ def add_parsers(sub) -> None:
 def cmd_bench_model(args) -> int:
     import torch
 
-    from ..integrations import hf, hf_bench
-    from ..nn import ZipLinear, compress_model, decompress_model
+    from ..integrations import hf_bench
 
     batches = [int(b) for b in args.batches.split(",")]
     device = torch.device(args.device)
     print(f"# zipgen bench-model {args.model_dir}")
     print(hf_bench.describe(device))
+    with hf_bench.attention(args.attn):
+        return _bench(args, batches, device)
+
+
+def _bench(args, batches, device) -> int:
+    from ..integrations import hf, hf_bench
+    from ..nn import ZipLinear, compress_model, decompress_model
+
     model = hf.from_pretrained(args.model_dir, device=device, fuse_siblings=args.fuse_siblings)
     if args.no_baseline:
         hf_bench.set_gemm_path(model, args.path)

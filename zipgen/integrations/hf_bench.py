@@ -16,6 +16,7 @@ the two models' argmax after the same prefix, with the kernels of a decode step)
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import inspect
 import os
@@ -35,6 +36,11 @@ from ..nn.compressed import CompressedWeight
 from .hf import weight_memory
 
 MODES = ("graph", "compile", "eager")
+# PyTorch's SDPA as it chooses (cuDNN attention on an H200: not deterministic run to run, so
+# that two runs of one model differ after a few tokens; benchmarks/determinism.py), or only its
+# math backend (deterministic: the same tokens every run, and the decode + cuBLAS path's equal
+# to the BF16 model's)
+ATTENTION = ("sdpa", "sdpa-math")
 PATHS = {"auto": ops.AUTO, "fused": ops.FUSED, "decode": ops.DECODE}
 
 
@@ -56,6 +62,16 @@ class DecodeRun:
         d = asdict(self)
         d.pop("tokens")
         return d
+
+
+def attention(choice: str):
+    """A context in which the model's attention uses `choice` (ATTENTION): enter it around
+    everything, capture included (a CUDA graph keeps the kernels it was captured with)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    if choice not in ATTENTION:
+        raise InputError(f"attention must be one of {ATTENTION}, got {choice!r}")
+    return sdpa_kernel([SDPBackend.MATH]) if choice == "sdpa-math" else contextlib.nullcontext()
 
 
 def _sync(device: torch.device) -> float:
@@ -183,7 +199,8 @@ def benchmark(model, label: str, batches=(1, 8, 32), prompt_len: int = 128,
         repeats_agree = all(torch.equal(tokens, r[0]) for r in results[1:])
         if not repeats_agree:
             warnings.warn(f"{label}, batch {batch}: the timed repeats generated different "
-                          f"tokens (a nondeterministic kernel)", stacklevel=2)
+                          f"tokens: a kernel is not deterministic (on an H200, PyTorch's "
+                          f"default SDPA backend; attention 'sdpa-math' is)", stacklevel=2)
         decode_s = min(r[2] for r in results)
         steps = new_tokens - 1
         peak = 0
