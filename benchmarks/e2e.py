@@ -5,6 +5,7 @@ its Linear layers compressed (zipgen.nn.compress_model), one harness for both.
                              [--new-tokens 256] [--mode graph|compile|eager]
                              [--path auto|fused|decode] [--compress-embeddings]
                              [--fuse-siblings] [--compressed-only] [--json out.json]
+                             [--attn sdpa|sdpa-math|eager] [--tokens-out tokens.pt]
 
 --fuse-siblings stacks the projections that read one input (q / k / v, gate / up;
 zipgen.nn.fuse_siblings) into one Linear each, in the BF16 model before its run, so both models
@@ -21,7 +22,9 @@ Llama-class checkpoints, not measured from the real one; sigma only moves the 8-
 so the compression ratio of Gaussian weights barely depends on it), RMSNorm weights 1. With
 random weights the greedy tokens are meaningless and their logits nearly tied, so the fused
 kernel's different summation order can flip an argmax early; `--path decode` (decode + cuBLAS,
-equal to F.linear) must agree 100 %.
+equal to F.linear) must agree 100 % when attention is deterministic (`--attn sdpa-math`:
+PyTorch's default attention on an H200, cuDNN's, is not, so two runs of the BF16 model itself
+differ after a few dozen tokens; benchmarks/determinism.py).
 
 Per batch size: random prompt of --prompt tokens, prefill into a static KV cache, then
 --new-tokens greedy tokens with one decode step replayed from a CUDA graph (--mode graph) or
