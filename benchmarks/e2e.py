@@ -135,6 +135,7 @@ def main(argv=None):
 
 
 def run(args):
+    attn = "eager" if args.attn == "eager" else "sdpa"  # transformers' implementation
     batches = [int(b) for b in args.batches.split(",")]
     base = CONFIGS[args.model]
     layers = args.layers or base["num_hidden_layers"]
@@ -146,7 +147,7 @@ def run(args):
     if args.compressed_only:
         model, summary = build_model(layers, device=args.device, base=base,
                                      compress_as_built=True, embeddings=args.compress_embeddings,
-                                     attn="eager" if args.attn == "eager" else "sdpa")
+                                     attn=attn)
         print(f"# built and compressed in {time.perf_counter() - started:.1f} s: {summary}")
         if args.fuse_siblings:
             print(f"# siblings: {hf.fuse_projections(model).summary()}", flush=True)
@@ -157,8 +158,7 @@ def run(args):
                                   args.mode)
         text, rows = hf_bench.runs_table(runs)
     else:
-        model = build_model(layers, device=args.device, base=base,
-                            attn="eager" if args.attn == "eager" else "sdpa")
+        model = build_model(layers, device=args.device, base=base, attn=attn)
         print(f"# built in {time.perf_counter() - started:.1f} s; prompt {args.prompt}, "
               f"{args.new_tokens} new tokens, mode {args.mode}", flush=True)
         if args.fuse_siblings:

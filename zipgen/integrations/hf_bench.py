@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import inspect
-import os
+import io
 import sys
 import time
 import warnings
@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from ..errors import InputError
+from ..fileio import write_atomic
 from ..report import human_bytes, table
 from .. import runtime
 from ..nn import ops
@@ -176,7 +177,8 @@ def prompts(vocab_size: int, batch: int, length: int, seed: int = 0) -> torch.Te
 def benchmark(model, label: str, batches=(1, 8, 32), prompt_len: int = 128,
               new_tokens: int = 256, mode: str = "graph", repeats: int = 2) -> list[DecodeRun]:
     """Greedy decoding of `new_tokens` after a `prompt_len` prompt at each batch size; the best
-    of `repeats` timed runs (all give the same tokens)."""
+    of `repeats` timed runs, with the first one's tokens (repeats_agree: all gave the same,
+    which a deterministic model does; a warning otherwise)."""
     if mode not in MODES:
         raise InputError(f"mode must be one of {MODES}, got {mode!r}")
     if new_tokens < 2:
@@ -318,7 +320,7 @@ def compare(model, to_compressed, *, batches=(1, 8, 32), prompt_len=128, new_tok
 
 def save_tokens(path: str, runs: dict, batches) -> None:
     """torch.save {name: {batch: tokens}} to `path`, atomically."""
-    tmp = f"{path}.tmp"
+    buf = io.BytesIO()
     torch.save({name: dict(zip(batches, tokens, strict=True)) for name, tokens in runs.items()},
-               tmp)
-    os.replace(tmp, path)
+               buf)
+    write_atomic(path, buf.getvalue())
