@@ -6,6 +6,11 @@ its Linear layers compressed (zipgen.nn.compress_model), one harness for both.
                              [--path auto|fused|decode] [--compress-embeddings]
                              [--fuse-siblings] [--compressed-only] [--json out.json]
                              [--attn sdpa|sdpa-math|eager] [--tokens-out tokens.pt]
+                             [--processes N]
+
+--processes N runs the whole comparison in N fresh processes, one after another, and adds a
+table of the medians and ranges: one process's BF16 baseline can be several percent off (cuBLAS
+chooses its kernels per process; BENCHMARKS.md, thirteenth session).
 
 --fuse-siblings stacks the projections that read one input (q / k / v, gate / up;
 zipgen.nn.fuse_siblings) into one Linear each, in the BF16 model before its run, so both models
@@ -39,6 +44,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
+import sys
+import tempfile
 import time
 
 import torch
@@ -129,9 +137,50 @@ def main(argv=None):
     ap.add_argument("--json")
     ap.add_argument("--tokens-out", help="torch.save every generated token here (to compare "
                     "two runs bit for bit: the seeds are fixed, so the tokens should match)")
+    ap.add_argument("--processes", type=int, default=1,
+                    help="run the comparison in this many fresh processes and report medians")
     args = ap.parse_args(argv)
+    if args.processes > 1:
+        return in_processes(args, sys.argv[1:] if argv is None else list(argv))
     with hf_bench.attention("sdpa" if args.attn == "eager" else args.attn):
         run(args)
+
+
+def in_processes(args, argv: list[str]) -> None:
+    """The comparison `args` describes, once per fresh process (this script with the same
+    arguments, each with its own --json and --tokens-out), then the medians."""
+    if args.compressed_only:
+        raise SystemExit("--processes compares two models; it does not go with --compressed-only")
+    child = _without(argv, "--processes", "--json", "--tokens-out")
+    runs = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(args.processes):
+            extra = ["--json", f"{tmp}/{i}.json"]
+            if args.tokens_out:
+                extra += ["--tokens-out", f"{args.tokens_out}.{i}"]
+            print(f"# process {i + 1} of {args.processes}", flush=True)
+            subprocess.run([sys.executable, __file__, *child, *extra], check=True)
+            with open(f"{tmp}/{i}.json") as f:
+                runs.append(json.load(f)["rows"])
+    text, summary = hf_bench.summarize(runs)
+    print(f"\n# {args.processes} processes\n{text}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"args": vars(args), "sigma": dict(SIGMA), "processes": runs,
+                       "summary": summary}, f, indent=1)
+
+
+def _without(argv: list[str], *options: str) -> list[str]:
+    """argv less the given options and their values (as "--opt value" or "--opt=value")."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a in options:
+            skip = True
+        elif not a.startswith(tuple(f"{o}=" for o in options)):
+            out.append(a)
+    return out
 
 
 def run(args):

@@ -310,14 +310,71 @@ def test_fused_siblings_load_and_bench(llama, tmp_path, capsys):
     assert [r["agreement"] for r in json.loads(out.read_text())["rows"]] == [1.0]
 
 
-def test_e2e_benchmark_script_on_a_shrunk_model(monkeypatch, capsys, tmp_path):
-    """benchmarks/e2e.py's whole flow on the CPU, with the 8B config shrunk to the tiny one."""
+def _e2e_module():
     import importlib.util
 
     path = Path(__file__).resolve().parents[1] / "benchmarks" / "e2e.py"
     spec = importlib.util.spec_from_file_location("e2e_bench", path)
     e2e = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(e2e)
+    return e2e
+
+
+def test_e2e_in_several_processes(monkeypatch, capsys, tmp_path):
+    """--processes N: the comparison once per process (here the child command runs in this
+    process, on the shrunk model), each with its own --json and --tokens-out, then medians."""
+    e2e = _e2e_module()
+    monkeypatch.setattr(e2e, "LLAMA_31_8B", {**e2e.LLAMA_31_8B, **TINY, "head_dim": 64})
+    monkeypatch.setitem(e2e.CONFIGS, "8b", e2e.LLAMA_31_8B)
+    children = []
+
+    def run_child(cmd, check):
+        assert check and cmd[1] == e2e.__file__
+        children.append(cmd[2:])
+        e2e.main(cmd[2:])
+
+    monkeypatch.setattr(e2e.subprocess, "run", run_child)
+    out, tokens = tmp_path / "e2e.json", tmp_path / "tokens.pt"
+    e2e.main(["--layers", "1", "--device", "cpu", "--mode", "eager", "--batches", "1,2",
+              "--prompt", "4", "--new-tokens", "3", "--processes", "3", f"--json={out}",
+              "--tokens-out", str(tokens)])
+    assert len(children) == 3
+    for i, argv in enumerate(children):
+        assert "--processes" not in argv and argv.count("--json") == 1
+        assert argv[argv.index("--tokens-out") + 1] == f"{tokens}.{i}"
+        assert (tmp_path / f"tokens.pt.{i}").exists()
+    text = capsys.readouterr().out
+    assert "# 3 processes" in text and "speedup median (range)" in text
+    saved = json.loads(out.read_text())
+    assert len(saved["processes"]) == 3
+    assert [s["batch"] for s in saved["summary"]] == [1, 2]
+    assert all(s["processes"] == 3 for s in saved["summary"])
+    with pytest.raises(SystemExit, match="compressed-only"):
+        e2e.main(["--compressed-only", "--processes", "2", "--device", "cpu"])
+
+
+def test_summarize_takes_medians_per_batch():
+    def row(batch, bf16, zipgen):
+        return {"baseline": {"batch": batch, "tokens_per_s": bf16},
+                "compressed": {"batch": batch, "tokens_per_s": zipgen}}
+
+    text, summary = hf_bench.summarize([[row(1, 100, 120), row(8, 800, 800)],
+                                        [row(1, 110, 121), row(8, 790, 800)],
+                                        [row(1, 90, 119), row(8, 800, 840)]])
+    one, eight = summary
+    assert one["batch"] == 1 and one["processes"] == 3
+    assert one["bf16_tokens_per_s"] == 100 and one["zipgen_tokens_per_s"] == 120
+    assert one["speedup"] == pytest.approx(1.2)  # the median of 1.2, 1.1, 1.322
+    assert one["speedup_range"] == pytest.approx([1.1, 119 / 90])
+    assert eight["speedup"] == pytest.approx(800 / 790)
+    assert "1.200 (1.100–1.322)" in text
+    with pytest.raises(InputError):
+        hf_bench.summarize([])
+
+
+def test_e2e_benchmark_script_on_a_shrunk_model(monkeypatch, capsys, tmp_path):
+    """benchmarks/e2e.py's whole flow on the CPU, with the 8B config shrunk to the tiny one."""
+    e2e = _e2e_module()
     monkeypatch.setattr(e2e, "LLAMA_31_8B", {**e2e.LLAMA_31_8B, **TINY, "head_dim": 64})
     monkeypatch.setitem(e2e.CONFIGS, "8b", e2e.LLAMA_31_8B)
     model = e2e.build_model(1, device="cpu")

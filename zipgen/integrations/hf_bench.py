@@ -20,6 +20,7 @@ import contextlib
 import datetime
 import inspect
 import io
+import statistics
 import sys
 import time
 import warnings
@@ -273,6 +274,38 @@ def report(baseline: list[DecodeRun], compressed: list[DecodeRun],
                   "zipgen ms/step", "BF16 weights", "zipgen weights", "BF16 peak",
                   "zipgen peak", "greedy agree", "1st diff", "forced agree"], rows,
                  align="r" * 13)
+    return text, out
+
+
+def summarize(processes: list[list[dict]]) -> tuple[str, list[dict]]:
+    """report()'s rows from several processes of the same comparison, per batch size: the
+    median and range of each model's tokens/s and of the speedup. One process's figures can
+    be off by several percent (cuBLAS picks its kernels per process: the BF16 step at batch 1
+    moved 8 % between three H200 processes, BENCHMARKS.md thirteenth session)."""
+    if not processes or any(not rows for rows in processes):
+        raise InputError("summarize needs at least one process with rows")
+    by_batch: dict[int, list[dict]] = {}
+    for rows in processes:
+        for row in rows:
+            by_batch.setdefault(row["compressed"]["batch"], []).append(row)
+    out, lines = [], []
+    for batch, rows in sorted(by_batch.items()):
+        bf16 = [r["baseline"]["tokens_per_s"] for r in rows]
+        zg = [r["compressed"]["tokens_per_s"] for r in rows]
+        speedup = [z / b for z, b in zip(zg, bf16)]
+        entry = {"batch": batch, "processes": len(rows),
+                 "bf16_tokens_per_s": statistics.median(bf16),
+                 "zipgen_tokens_per_s": statistics.median(zg),
+                 "speedup": statistics.median(speedup),
+                 "speedup_range": [min(speedup), max(speedup)]}
+        out.append(entry)
+        lines.append([batch, len(rows), f"{entry['bf16_tokens_per_s']:.1f} ({min(bf16):.1f}–"
+                      f"{max(bf16):.1f})", f"{entry['zipgen_tokens_per_s']:.1f} ({min(zg):.1f}–"
+                      f"{max(zg):.1f})", f"{entry['speedup']:.3f} ({min(speedup):.3f}–"
+                      f"{max(speedup):.3f})"])
+    text = table(["batch", "processes", "BF16 tok/s median (range)",
+                  "zipgen tok/s median (range)", "speedup median (range)"], lines,
+                 align="rrrrr")
     return text, out
 
 
