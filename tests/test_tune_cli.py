@@ -60,6 +60,7 @@ def test_refuses_another_arch(capsys, monkeypatch):
 @pytest.mark.parametrize("args,match", [(["--shape", "4096by4096"], "bad shape"),
                                         (["--shape", "64x64", "--m", "3"], "buckets"),
                                         (["--shape", "64x64", "--trials", "0"], "--trials"),
+                                        (["--shape", "64x64", "--refresh", "-1"], "--refresh"),
                                         (["--shape", "64x64", "--start-from", "/nonexistent"],
                                          "no such database folder: /nonexistent")])
 def test_bad_arguments(capsys, args, match):
@@ -89,4 +90,6 @@ def test_whole_run_faked(capsys, monkeypatch, tmp_path):
     records = TuningDB(tmp_path).read()
     assert {r.op for r in records} == {"decode", "zipgemm", "switch"}
     assert main(argv) == 0
+    assert "resumed" in capsys.readouterr().out
+    assert main(argv + ["--refresh", "2"]) == 0  # nothing older to re-time: all resumed
     assert "resumed" in capsys.readouterr().out

@@ -100,6 +100,39 @@ def test_an_older_kernels_winner_is_tried_after_the_last_winner(tmp_path, built,
     assert built[:2] == [fused_config(1, N, K), shipped]
 
 
+def test_refresh_re_times_the_older_kernels_fastest_and_searches_nothing(tmp_path, built,
+                                                                          monkeypatch):
+    """Options.refresh = K: per study the default, then the K fastest configurations of the
+    older kernels that the space still holds (one no longer valid is skipped), each measured
+    once with today's kernels; the winner comes from those."""
+    monkeypatch.setattr(search, "current_headers_sha256", lambda: "new headers")
+    valid = enumerate_space("zipgemm", "sm_80", 16).valid
+    default = fused_config(16, N, K)
+    older = [c for c in valid if c != default][:4]
+    gone = ZipGemmConfig(16, 2, 3, 2, stage_x=True, row_strips=2, x_strips=4)  # not valid
+    assert gone not in valid
+    db = TuningDB(tmp_path / "shipped")
+    for us, cfg in zip([3.0, 1.0, 2.0, 4.0, 0.5], older + [gone]):
+        db.append(search.Record(op="zipgemm", n=N, k=K, m=16, arch="sm_80",
+                                device_name="Fake A100", sm_count=108, config=cfg.as_dict(),
+                                status="ok", median_us=us, env={"headers_sha256": "old"}))
+    # today the second-fastest older config is the fastest
+    fake = FakeMeasurer(time_us=lambda op, cfg, m: 1.0 if cfg == older[2].as_dict() else 9.0)
+    t = tuner(tmp_path / "db", fake, ops=("zipgemm",), ms=(16,), refresh=2,
+              start_from=(tmp_path / "shipped",))
+    assert [s[-2:] for s in t.plan()] == [("refresh", 3)]
+    report = t.run()
+    assert built == [default, older[1], older[2]]  # default, then 1.0 and 2.0 us; never `gone`
+    (row,) = report.rows
+    assert row.winner.config == older[2].as_dict()
+    assert row.winner.env["headers_sha256"] == "new headers" and t.studies == []
+    # the last winner of today's kernels comes right after the default
+    built.clear()
+    again = tuner(tmp_path / "db", FakeMeasurer(), ops=("zipgemm",), ms=(16,), refresh=1,
+                  start_from=(tmp_path / "shipped",))
+    assert again._refresh_candidates("zipgemm", N, K, 16) == [default, older[2], older[1]]
+
+
 @pytest.mark.parametrize("op", ["zipgemm", "decode"])
 def test_tpe_samples_every_tuned_field(op):
     """A field missing from FIELD_ORDER would keep its default in every TPE proposal (x_strips

@@ -46,6 +46,11 @@ def add_parsers(sub) -> None:
                         "whatever kernel version they timed (e.g. the shipped database, after a "
                         "kernel change made it stale); repeatable. This database's own older "
                         "winners are always tried")
+    p.add_argument("--refresh", type=int, default=0, metavar="K",
+                   help="no search: each study re-times the default, its last winner and the K "
+                        "fastest configurations of older kernels (this database's stale records "
+                        "and --start-from's). A re-tune after a kernel change in minutes instead "
+                        "of the full search; the search can follow later")
     p.add_argument("--keep-going", action="store_true",
                    help="record a wrong result as status correctness and go on (default: stop)")
     p.add_argument("--dry-run", action="store_true",
@@ -74,6 +79,8 @@ def cmd_tune(args) -> int:
     ops = OPS_CHOICES[args.op]
     if args.trials < 1:
         raise InputError("--trials must be at least 1")
+    if args.refresh < 0:
+        raise InputError("--refresh must be 0 (search) or a count of configurations")
     missing = [str(p) for p in args.start_from if not p.is_dir()]
     if missing:
         raise InputError(f"--start-from: no such database folder: {', '.join(missing)}")
@@ -88,7 +95,7 @@ def cmd_tune(args) -> int:
     from ..tune.search import Options, Tuner
     from ..tune.worker import Worker
     tuner = Tuner(Options(shapes, ms, ops, args.trials, args.seed, args.keep_going,
-                          tuple(args.start_from)), target, db,
+                          tuple(args.start_from), args.refresh), target, db,
                   measurer=Worker(timeout_s=args.timeout_s))
     plan = tuner.plan()
     switch_steps = len(ms) if "zipgemm" in ops and 1 in ms else 0  # decode + cuBLAS per bucket

@@ -139,6 +139,18 @@ def latest_per_config(records) -> dict[tuple, Record]:
     return latest
 
 
+def ranked(records) -> dict[tuple, list[Record]]:
+    """Per (op, arch, device_name, N, K, M bucket), its timed ok records (the latest of each
+    configuration), fastest first: a study's runners-up as well as its winner."""
+    out: dict[tuple, list[Record]] = {}
+    for (key, _), r in latest_per_config(records).items():
+        if r.status == "ok" and r.op != SWITCH_OP:
+            out.setdefault(key, []).append(r)
+    for rs in out.values():
+        rs.sort(key=lambda r: r.median_us)
+    return out
+
+
 def winners(records, op: str | None = None) -> dict[tuple, Record]:
     """The best ok record per (op, arch, device_name, N, K, M bucket): the fastest for timed
     ops, the latest for the switch point. Failures never win: they carry no time."""

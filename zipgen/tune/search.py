@@ -17,7 +17,7 @@ from ..bundle.verify import current_headers_sha256
 from ..codegen import OPS, DecodeConfig, build_kernel, render
 from ..errors import CompileError, InputError, ZipgenError
 from .buckets import M_BUCKETS
-from .db import TuningDB, config_key, read_records, winners
+from .db import TuningDB, config_key, ranked, read_records, winners
 from .record import SWITCH_OP, Record, environment
 from .sampling import Sampling
 from .space import enumerate_space, planned_trials
@@ -51,6 +51,10 @@ class Options:
     seed: int = 0
     keep_going: bool = False
     start_from: tuple = ()  # database folders whose winners seed the studies (any kernel version)
+    # > 0: no search; each study re-times the default, its last winner and the `refresh` fastest
+    # configurations of older kernels (this database's stale records and start_from's): a cheap
+    # re-tune after a kernel change that left the good configurations good
+    refresh: int = 0
 
 
 @dataclass
@@ -113,8 +117,10 @@ class Tuner:
         # Winners of other kernel versions (this database's older records, all of --start-from's)
         # rank nothing, since they timed other code; but after a header change they are the best
         # first guesses, so each study tries them right after the default and the last winner.
-        self.hints = winners([r for r in here if not r.measured_with(self.headers)]
-                             + on_target(read_records(options.start_from)))
+        older = ([r for r in here if not r.measured_with(self.headers)]
+                 + on_target(read_records(options.start_from)))
+        self.hints = winners(older)
+        self.ranked_hints = ranked(older) if options.refresh else {}
         self.done = {self._identity(r.op, r.n, r.k, r.m_bucket, r.config, r.env): r
                      for r in self.records}
         self.report = Report()
@@ -183,7 +189,10 @@ class Tuner:
     # -- one study ----------------------------------------------------------------------------
     def study(self, op: str, label: str, n: int, k: int, bucket: int | None) -> Row:
         """One Optuna study: the default first, then the last winner, an earlier kernel's winner
-        (self.hints), then the sampler's picks."""
+        (self.hints), then the sampler's picks. With Options.refresh, those first ones and the
+        older kernels' next fastest, and no search."""
+        if self.o.refresh:
+            return self._refresh(op, label, n, k, bucket)
         sampling = Sampling(enumerate_space(op, self.target.arch, bucket), self.o.trials,
                             self.o.seed)
         self.studies.append((op, label, bucket, sampling.study))
@@ -217,6 +226,28 @@ class Tuner:
 
         sampling.study.optimize(objective, n_trials=sampling.proposals, callbacks=[after_trial])
 
+        mine = [r for r in self.records if r.key == key]
+        default_record = next((r for r in reversed(mine) if r.config == default.as_dict()), None)
+        return Row(label, n, k, op, bucket, winners(mine).get(key), default_record)
+
+    def _refresh_candidates(self, op: str, n: int, k: int, bucket: int | None) -> list:
+        """The default, the last winner, then the `refresh` fastest distinct configurations of
+        older kernels that are still in the space."""
+        key = (op, self.target.arch, self.target.device_name, n, k, bucket)
+        valid = set(enumerate_space(op, self.target.arch, bucket).valid)
+        last = winners(self.records).get(key)
+        older = [c for c in (_config(op, r.config) for r in self.ranked_hints.get(key, ()))
+                 if c in valid][:self.o.refresh]
+        first = [default_config(op, n, k, bucket)] + ([_config(op, last.config)] if last else [])
+        return list(dict.fromkeys(c for c in first + older if c is not None))
+
+    def _refresh(self, op: str, label: str, n: int, k: int, bucket: int | None) -> Row:
+        key = (op, self.target.arch, self.target.device_name, n, k, bucket)
+        default = default_config(op, n, k, bucket)
+        for cfg in self._refresh_candidates(op, n, k, bucket):
+            self.evaluate(op, n, k, bucket, cfg)
+            if self.progress is not None:
+                self.progress.update(1)
         mine = [r for r in self.records if r.key == key]
         default_record = next((r for r in reversed(mine) if r.config == default.as_dict()), None)
         return Row(label, n, k, op, bucket, winners(mine).get(key), default_record)
@@ -265,6 +296,9 @@ class Tuner:
                 out.append(("decode", label, n, k, None))
             if "zipgemm" in self.o.ops and k % 8 == 0:  # the fused kernel needs K % 8 == 0
                 out += [("zipgemm", label, n, k, m) for m in self.o.ms]
+        if self.o.refresh:
+            return [s + ("refresh", len(self._refresh_candidates(s[0], s[2], s[3], s[4])))
+                    for s in out]
         return [s + planned_trials(len(enumerate_space(s[0], self.target.arch, s[4]).valid),
                                    self.o.trials) for s in out]
 
