@@ -119,8 +119,8 @@ class Tuner:
         # first guesses, so each study tries them right after the default and the last winner.
         older = ([r for r in here if not r.measured_with(self.headers)]
                  + on_target(read_records(options.start_from)))
-        self.hints = winners(older)
-        self.ranked_hints = ranked(older) if options.refresh else {}
+        self.ranked_hints = ranked(older)  # and their runners-up, for Options.refresh
+        self.hints = {key: fastest[0] for key, fastest in self.ranked_hints.items()}
         self.done = {self._identity(r.op, r.n, r.k, r.m_bucket, r.config, r.env): r
                      for r in self.records}
         self.report = Report()
@@ -225,9 +225,14 @@ class Tuner:
                 study.stop()
 
         sampling.study.optimize(objective, n_trials=sampling.proposals, callbacks=[after_trial])
+        return self._row(op, label, n, k, bucket)
 
+    def _row(self, op: str, label: str, n: int, k: int, bucket: int | None) -> Row:
+        """A finished study's line: its winner and its default's record."""
+        key = (op, self.target.arch, self.target.device_name, n, k, bucket)
+        default = default_config(op, n, k, bucket).as_dict()
         mine = [r for r in self.records if r.key == key]
-        default_record = next((r for r in reversed(mine) if r.config == default.as_dict()), None)
+        default_record = next((r for r in reversed(mine) if r.config == default), None)
         return Row(label, n, k, op, bucket, winners(mine).get(key), default_record)
 
     def _refresh_candidates(self, op: str, n: int, k: int, bucket: int | None) -> list:
@@ -242,15 +247,11 @@ class Tuner:
         return list(dict.fromkeys(c for c in first + older if c is not None))
 
     def _refresh(self, op: str, label: str, n: int, k: int, bucket: int | None) -> Row:
-        key = (op, self.target.arch, self.target.device_name, n, k, bucket)
-        default = default_config(op, n, k, bucket)
         for cfg in self._refresh_candidates(op, n, k, bucket):
             self.evaluate(op, n, k, bucket, cfg)
             if self.progress is not None:
                 self.progress.update(1)
-        mine = [r for r in self.records if r.key == key]
-        default_record = next((r for r in reversed(mine) if r.config == default.as_dict()), None)
-        return Row(label, n, k, op, bucket, winners(mine).get(key), default_record)
+        return self._row(op, label, n, k, bucket)
 
     # -- the switch point ---------------------------------------------------------------------
     def switch(self, label: str, n: int, k: int, fused: dict) -> Record | None:
