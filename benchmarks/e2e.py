@@ -129,7 +129,7 @@ def main(argv=None):
     ap.add_argument("--compressed-only", action="store_true",
                     help="build the model compressed layer by layer; no BF16 baseline")
     ap.add_argument("--device", default="cuda", help="cpu only for a smoke test (--mode eager)")
-    ap.add_argument("--attn", choices=["sdpa", "sdpa-math", "eager"], default="sdpa",
+    ap.add_argument("--attn", choices=[*hf_bench.ATTENTION, "eager"], default="sdpa",
                     help="attention: PyTorch's SDPA with its default backend (cuDNN on an H200: "
                          "not deterministic run to run, benchmarks/determinism.py), SDPA's "
                          "math backend (deterministic), or transformers' eager attention "
@@ -142,8 +142,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     if args.processes > 1:
         return in_processes(args, sys.argv[1:] if argv is None else list(argv))
-    with hf_bench.attention("sdpa" if args.attn == "eager" else args.attn):
-        run(args)
+    run(args)
 
 
 def in_processes(args, argv: list[str]) -> None:
@@ -184,7 +183,13 @@ def _without(argv: list[str], *options: str) -> list[str]:
 
 
 def run(args):
-    attn = "eager" if args.attn == "eager" else "sdpa"  # transformers' implementation
+    # transformers' attention implementation; for SDPA, the backends it may use
+    attn, sdpa = ("eager", "sdpa") if args.attn == "eager" else ("sdpa", args.attn)
+    with hf_bench.attention(sdpa):
+        _run(args, attn)
+
+
+def _run(args, attn: str):
     batches = [int(b) for b in args.batches.split(",")]
     base = CONFIGS[args.model]
     layers = args.layers or base["num_hidden_layers"]
