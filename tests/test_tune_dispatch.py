@@ -180,13 +180,36 @@ def test_records_of_other_kernel_sources_are_ignored_with_one_warning():
         assert dispatch.current_kernels([new], headers_sha256="today's headers") == [new]
 
 
+def test_a_record_is_current_while_the_kernel_it_timed_is_unchanged():
+    """env kernel_sha256 (the timed kernel's body and included headers) decides, whatever the
+    hash of all headers says; a wrong stamp or a config that no longer renders is stale."""
+    from zipgen.codegen.digest import kernel_sha256
+    from zipgen.tune.current import is_current
+    good = zg(A)
+    good.env.update(kernel_sha256=kernel_sha256("zipgemm", "sm_80", A),
+                    headers_sha256="headers of an older zipgen")
+    wrong = zg(B)
+    wrong.env.update(kernel_sha256=kernel_sha256("zipgemm", "sm_80", A))  # A's kernel, not B's
+    gone = rec(op="zipgemm", config={"warps_per_cta": 8, "no_such_field": 1})
+    gone.env["kernel_sha256"] = "anything"
+    assert is_current(good, "today's headers")
+    assert not is_current(wrong, "today's headers") and not is_current(gone, "today's headers")
+    with pytest.warns(TuningDBWarning, match="ignored 2 tuning records"):
+        assert dispatch.current_kernels([good, wrong, gone], "today's headers") == [good]
+
+
 def test_the_shipped_database_matches_the_shipped_kernels():
-    """tuning_db/ must be re-measured whenever the kernel headers change: stale records would be
-    ignored at run time, leaving users on the defaults."""
-    from zipgen.bundle.verify import current_headers_sha256
+    """tuning_db/ must be re-measured whenever a kernel it times changes: stale records would be
+    ignored at run time, leaving users on the defaults. Each record names the kernel it timed
+    (its body and the headers it includes), so a new variant in a header of its own leaves the
+    others' records current."""
+    from zipgen.tune.current import record_kernel_sha256
     from zipgen.tune.db import read_records, shipped_folder
     records = [r for r in read_records([shipped_folder()]) if r.status == "ok"]
     assert records, "tuning_db/ ships no records"
-    stale = {r.env.get("headers_sha256") for r in records} - {current_headers_sha256()}
-    assert not stale, ("tuning_db/ was measured with other kernel headers: re-run zipgen tune on "
-                       "a GPU (tuning_db/README.md) or revert the header change")
+    unstamped = [r for r in records if "kernel_sha256" not in r.env]
+    assert not unstamped, f"{len(unstamped)} records without kernel_sha256: python -m zipgen.tune.stamp"
+    stale = [r for r in records if r.env["kernel_sha256"] != record_kernel_sha256(r)]
+    assert not stale, (f"{len(stale)} of {len(records)} records of tuning_db/ timed kernels that have "
+                       f"changed since (first: {stale[0].op} {stale[0].config}): re-run zipgen tune "
+                       f"on a GPU (tuning_db/README.md) or revert the kernel change")

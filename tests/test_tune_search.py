@@ -254,8 +254,8 @@ def test_resume_skips_measured_work(tmp_path, built, monkeypatch):
     assert sum(1 for _ in (tmp_path).rglob("*.jsonl") for _ in open(_)) == lines
     assert [(r.winner.config, r.default.median_us) for r in again.rows] == \
         [(r.winner.config, r.default.median_us) for r in first.rows]
-    # a changed generator is measured again
-    monkeypatch.setattr(search, "source_sha256", lambda op, arch, cfg: "new")
+    # a changed kernel is measured again
+    monkeypatch.setattr(search, "kernel_sha256", lambda op, arch, cfg: "new")
     fake = FakeMeasurer()
     tuner(tmp_path, fake, ops=("decode",)).run()
     assert len(fake.calls) == 20

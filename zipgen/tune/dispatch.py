@@ -15,6 +15,7 @@ import torch
 
 from ..codegen import OPS, arch_for_capability, arch_traits
 from .buckets import bucket_for
+from .current import is_current
 from .db import TuningDBWarning, read_folders, read_records, winners
 from .record import SWITCH_OP, Record
 
@@ -39,13 +40,13 @@ def reload(folders=None) -> None:
 
 
 def current_kernels(records, headers_sha256: str | None = None) -> list[Record]:
-    """The records measured with today's kernel headers. A record whose env names other
-    headers timed a kernel that no longer exists: its ranking of configurations says nothing
-    about the present one, so it is dropped with one warning (Record.measured_with)."""
+    """The records that timed today's kernels. A record of a kernel whose code has changed
+    since timed a kernel that no longer exists: its ranking of configurations says nothing
+    about the present one, so it is dropped with one warning (zipgen.tune.current)."""
     if headers_sha256 is None:
         from ..bundle.verify import current_headers_sha256
         headers_sha256 = current_headers_sha256()
-    kept = [r for r in records if r.measured_with(headers_sha256)]
+    kept = [r for r in records if is_current(r, headers_sha256)]
     if len(kept) < len(records):
         warnings.warn(f"zipgen: ignored {len(records) - len(kept)} tuning records measured with "
                       f"other kernel sources (the templates changed since); re-run `zipgen tune` "

@@ -108,8 +108,12 @@ class Record:
                    env=dict(d.get("env") or {}), detail=d.get("detail"))
 
 
-def environment(source_sha256: str | None = None, headers_sha256: str | None = None) -> dict:
-    """Versions, the kernel's source hashes and the time, for a record's env."""
+def environment(source_sha256: str | None = None, headers_sha256: str | None = None,
+                kernel_sha256: str | None = None) -> dict:
+    """Versions, the kernel's source hashes and the time, for a record's env. kernel_sha256:
+    the timed kernel's body and the headers it includes (zipgen.codegen.digest), which decides
+    whether the record is current (zipgen.tune.current); headers_sha256 (all headers) is kept
+    for records written before it."""
     import torch
 
     from ..compile import nvrtc_version
@@ -119,4 +123,5 @@ def environment(source_sha256: str | None = None, headers_sha256: str | None = N
         nvrtc = None
     return {"zipgen": __version__, "torch": torch.__version__, "nvrtc": nvrtc,
             "source_sha256": source_sha256, "headers_sha256": headers_sha256,
+            "kernel_sha256": kernel_sha256,
             "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="microseconds")}

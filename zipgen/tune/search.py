@@ -15,9 +15,11 @@ import optuna
 
 from ..bundle.verify import current_headers_sha256
 from ..codegen import OPS, DecodeConfig, build_kernel, render
+from ..codegen.digest import kernel_sha256
 from ..errors import CompileError, InputError, ZipgenError
 from .buckets import M_BUCKETS
 from .db import TuningDB, config_key, ranked, read_records, winners
+from .current import is_current, switch_sha256
 from .record import SWITCH_OP, Record, environment
 from .sampling import Sampling
 from .space import enumerate_space, planned_trials
@@ -113,11 +115,11 @@ class Tuner:
             return [r for r in records
                     if (r.arch, r.device_name) == (target.arch, target.device_name)]
         here = on_target(db.read())
-        self.records = [r for r in here if r.measured_with(self.headers)]
+        self.records = [r for r in here if is_current(r, self.headers)]
         # Winners of other kernel versions (this database's older records, all of --start-from's)
         # rank nothing, since they timed other code; but after a header change they are the best
         # first guesses, so each study tries them right after the default and the last winner.
-        older = ([r for r in here if not r.measured_with(self.headers)]
+        older = ([r for r in here if not is_current(r, self.headers)]
                  + on_target(read_records(options.start_from)))
         self.ranked_hints = ranked(older)  # and their runners-up, for Options.refresh
         self.hints = {key: fastest[0] for key, fastest in self.ranked_hints.items()}
@@ -129,9 +131,8 @@ class Tuner:
 
     # -- one candidate ------------------------------------------------------------------------
     def _identity(self, op, n, k, bucket, config, env) -> tuple:
-        """Resume key: the same config of the same generated source is not measured twice."""
-        return (op, n, k, bucket, config_key(config), env.get("source_sha256"),
-                env.get("headers_sha256"))
+        """Resume key: the same config of the same kernel is not measured twice."""
+        return (op, n, k, bucket, config_key(config), env.get("kernel_sha256"))
 
     def measurer(self):
         if self._measurer is None:
@@ -139,13 +140,13 @@ class Tuner:
             self._measurer = Worker()
         return self._measurer
 
-    def _record(self, op, n, k, m, cfg, sha, result: dict) -> Record:
+    def _record(self, op, n, k, m, cfg, sha, result: dict, kernel: str | None = None) -> Record:
         times = {t: result.get(t) for t in ("median_us", "p10_us", "p90_us")}
         return Record(op=op, n=n, k=k, m=m, arch=self.target.arch,
                       device_name=self.target.device_name, sm_count=self.target.sm_count,
                       config=cfg.as_dict(), status=result["status"],
                       error=(result.get("error") or "")[:2000] or None,  # NVRTC logs run long
-                      env=environment(sha, self.headers),
+                      env=environment(sha, self.headers, kernel),
                       **(times if result["status"] == "ok" else {}))
 
     def evaluate(self, op: str, n: int, k: int, m: int | None, cfg) -> Record:
@@ -154,12 +155,12 @@ class Tuner:
         bucket = m if op == "zipgemm" else None
         try:
             sha = source_sha256(op, self.target.arch, cfg)
+            kernel = kernel_sha256(op, self.target.arch, cfg)
         except InputError as exc:  # cannot happen for a config of the filtered space
             self.report.counts["constraint"] += 1
             return self._keep(self._record(op, n, k, m, cfg, None,
                                            {"status": "constraint", "error": str(exc)}), None)
-        ident = self._identity(op, n, k, bucket, cfg.as_dict(),
-                               {"source_sha256": sha, "headers_sha256": self.headers})
+        ident = self._identity(op, n, k, bucket, cfg.as_dict(), {"kernel_sha256": kernel})
         if ident in self.done:
             self.report.counts["resumed"] += 1
             return self.done[ident]
@@ -169,7 +170,7 @@ class Tuner:
                                              {"op": op, "config": cfg.as_dict(), "m": m})
         except CompileError as exc:
             result = {"status": "compile", "error": str(exc)}
-        record = self._keep(self._record(op, n, k, m, cfg, sha, result), ident)
+        record = self._keep(self._record(op, n, k, m, cfg, sha, result, kernel), ident)
         self._measured_shapes.add((n, k))
         self.report.counts["measured" if record.status == "ok" else record.status] += 1
         if record.status == "correctness" and not self.o.keep_going:
@@ -280,12 +281,16 @@ class Tuner:
             fused_us.append(fused[bucket].median_us)
             decode_us.append(result["median_us"])
         won = [b for b, f, d in zip(sorted(fused), fused_us, decode_us) if f < d]
+        fused_configs = [fused[b].config for b in sorted(fused)]
         record = Record(op=SWITCH_OP, n=n, k=k, m=None, arch=self.target.arch,
                         device_name=self.target.device_name, sm_count=self.target.sm_count,
                         config={"fused_max_m": max(won, default=0)}, status="ok",
-                        env=environment(None, self.headers),
+                        env=environment(None, self.headers,
+                                        switch_sha256(self.target.arch, dcfg.as_dict(),
+                                                      fused_configs)),
                         detail={"buckets": sorted(fused), "fused_us": fused_us,
-                                "decode_us": decode_us, "decode_config": dcfg.as_dict()})
+                                "decode_us": decode_us, "decode_config": dcfg.as_dict(),
+                                "fused_configs": fused_configs})
         return self._keep(record, None)
 
     # -- the run ------------------------------------------------------------------------------
