@@ -93,6 +93,11 @@ class ZipGemmConfig(_Config):
     # order (deterministic). More CTAs where N / rows leaves SMs idle (the 64-row wgmma tile
     # gives the 8B qkv 96 CTAs for 132 SMs)
     k_splits: int = 1
+    # warp specialisation (sm_90a; specialized_kernel.cuh): warps 0-3 only multiply (wgmma,
+    # holding the accumulators of 64 rows over all of K), the warps_per_cta - 4 others only
+    # decode, into a ring of shared-memory stages. The tensor cores then work during the decode
+    # at 64 / 128 tokens, where the other variants wait for each strip's wgmmas
+    specialized: bool = False
 
     op = "zipgemm"
     template = "zipgemm.cu.j2"
@@ -129,6 +134,17 @@ class ZipGemmConfig(_Config):
             if not (self.stage_x is True and self.row_groups == 4 and self.row_strips == 1):
                 out.append("wgmma=True needs stage_x=True, row_groups=4 and row_strips=1 (the 4 "
                            "row groups of a K slice form the warpgroup)")
+        if not isinstance(self.specialized, bool):
+            out.append(f"specialized={self.specialized!r} is not a bool")
+        elif self.specialized:
+            if not (self.wgmma is True and self.stage_x is True and self.row_groups == 4
+                    and self.row_strips == 1 and self.x_strips == 1 and self.k_splits == 1):
+                out.append("specialized=True needs wgmma=True, stage_x=True, row_groups=4, "
+                           "row_strips=1, x_strips=1 and k_splits=1 (one multiplying warpgroup "
+                           "over all of K)")
+            if self.warps_per_cta not in (8, 16):
+                out.append(f"specialized=True needs 8 or 16 warps (a multiplying warpgroup and "
+                           f"1 or 3 decoding ones), not {self.warps_per_cta}")
         if not out and self.smem_bytes > arch.max_smem_per_block:
             out.append(f"{self.smem_bytes} B of shared memory exceed {arch.name}'s "
                        f"{arch.max_smem_per_block} B")
@@ -146,7 +162,17 @@ class ZipGemmConfig(_Config):
         return 32 * self.warps_per_cta
 
     @property
+    def stages(self) -> int:
+        """Shared-memory stages of the specialized kernel (SpecializedLayout): one per K strip
+        being decoded (a group of 4 decoding warps each), the one being multiplied, a spare."""
+        return (self.warps_per_cta - 4) // 4 + 2
+
+    @property
     def smem_bytes(self) -> int:
+        if self.specialized:  # SpecializedLayout: activation and A stages, 2 mbarriers each
+            x_stage = self.token_tiles * 8 * 128
+            a_stage = 4 * 32 * 80
+            return 1024 + self.stages * (x_stage + a_stage + 16)
         # per warp (zipgemm_kernel.cuh): 32 lanes x 80 B of staged registers; then, stage_x,
         # per K slice a double buffer of staged activations (8 rows at a pitch of 144 B per
         # token tile)
@@ -168,7 +194,8 @@ class ZipGemmConfig(_Config):
                 + (f"_s{self.row_strips}" if self.row_strips > 1 else "")
                 + ("_wg" if self.wgmma else "")
                 + (f"_x{self.x_strips}" if self.x_strips > 1 else "")
-                + (f"_k{self.k_splits}" if self.k_splits > 1 else ""))
+                + (f"_k{self.k_splits}" if self.k_splits > 1 else "")
+                + ("_ws" if self.specialized else ""))
 
     @property
     def rows(self) -> int:

@@ -1,0 +1,203 @@
+// ZipGEMM, warp-specialised (ZipGemmConfig.specialized; sm_90a): decoding warps feed one
+// multiplying warpgroup through a ring of shared-memory stages, so that the tensor cores work
+// while the next strips decode.
+//
+// The other variants make every warp decode, patch and multiply in one dependent chain; past
+// 32 tokens a strip's wgmmas must finish before the next strip's decode (the accumulators of 64
+// and 128 tokens leave no registers to overlap them), and the registers cap the SM at 8 warps.
+// Here the CTA computes 64 rows x kTokenTiles * 8 tokens over all of K:
+//   * warps 0-3, the consumer warpgroup, hold the accumulators. Per K strip j (64 columns)
+//     each waits for stage j % kStages, loads its 16 rows' A fragments from the stage (four
+//     16-byte loads: the format's lane order is wgmma's register-A layout) and the warpgroup
+//     issues m64nNk16 x 4 with the activations from the stage (TMA-written, 128-byte swizzle),
+//     then frees the stage;
+//   * the kProducers warps after them decode, four per K strip (one per 16-row strip row):
+//     producer p takes row group p % 4 and the K strips p / 4, p / 4 + kProducers / 4, ...
+//     It decodes into its lane slices of the stage (the other variants' staging layout, so the
+//     fallback patch is theirs) and announces them on the stage's full barrier; the producer of
+//     row group 0 also asks the TMA for the strip's activation tile.
+// Shared memory only passes data between generic-proxy stores and loads (the wgmma reads A
+// from registers), so no proxy fence sits in the producers' loop: their stream loads stay in
+// flight across strips. Sums are in K order in one warpgroup: deterministic, no partials.
+#pragma once
+#include <zipgen/zipgemm_kernel.cuh>
+
+namespace zipgen {
+
+__device__ __forceinline__ void mbarrier_arrive(unsigned bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
+}
+
+template <int kProducers, int kTokenTiles>
+struct SpecializedLayout {
+  static constexpr int kGroups = kProducers / 4;  // K strips decoded at once
+  // Stages: those being decoded, the one being multiplied, one spare so that a fast producer
+  // group does not wait for the consumer's release of the stage before.
+  static constexpr int kStages = kGroups + 2;
+  static constexpr int kTokens = 8 * kTokenTiles;
+  static constexpr int kXBytes = staged_buffer_bytes<kTokenTiles, true>();  // 1024-multiple
+  static constexpr int kABytes = 4 * kWarpTileBytes;  // 4 strips' lane slices
+  // from the 1024-aligned base: activation stages, A stages, full then empty barriers
+  static constexpr int kAOffset = kStages * kXBytes;
+  static constexpr int kBarOffset = kAOffset + kStages * kABytes;
+  static constexpr int kBytes = kBarOffset + 16 * kStages;  // + up to 1023 of alignment
+  static constexpr unsigned kFullArrivals = 4 * kLanes + 1;  // 4 producer warps + the TMA's
+  static constexpr unsigned kEmptyArrivals = 4 * kLanes;     // the consumer warpgroup
+};
+
+template <int kProducers, int kTokenTiles, int kDepth>
+__device__ __forceinline__ void specialized_producer(const GemmArgs& a, unsigned base, int p,
+                                                     int lane) {
+  using L = SpecializedLayout<kProducers, kTokenTiles>;
+  constexpr int kBuffers = kDepth + 1;
+  const int member = p & 3, group = p >> 2;
+  const int strips = a.strips_per_row_group;
+  const int count = group < strips ? (strips - 1 - group) / L::kGroups + 1 : 0;
+  if (count == 0) return;
+  // a strip row past N (last CTA) redoes the last one; its sums are never stored
+  const int strip_row = min(static_cast<int>(blockIdx.x) * 4 + member, (a.n - 1) / kStripRows);
+  const unsigned row_start = static_cast<unsigned>(strip_row * strips + group);
+  const auto strip_at = [&](int i) {
+    return row_start + static_cast<unsigned>(min(i, count - 1) * L::kGroups);
+  };
+  const bool issues_tma = member == 0 && lane == 0;
+  const int tok0 = blockIdx.y * L::kTokens;
+  unsigned lane_slice = base + L::kAOffset + member * kWarpTileBytes + lane * kLaneStageBytes;
+  unsigned base_pair = base_pair_of(a.base);
+  LaneStreams streams(a, lane);
+  EntrySource entry_source(a, lane);
+  // As zipgemm_rows: strip i's words in ring[i % kBuffers], loaded at i - kDepth; its
+  // fallback offsets at i - kBuffers; its entry word at i - 1.
+  StripInput ring[kBuffers];
+  int offsets[kBuffers];
+  int ends[kBuffers];
+#pragma unroll
+  for (int d = 0; d < kBuffers; ++d) {
+    if (d < kDepth) ring[d].data = streams.load(strip_at(d));
+    offsets[d] = streams.offset(strip_at(d));
+    ends[d] = streams.offset(strip_at(d) + 1);
+  }
+  ring[0].entry_word = entry_source.load(offsets[0]);
+  ring[0].skip = EntrySource::skip(offsets[0]);
+  ring[0].count = ends[0] - offsets[0];
+  for (int i0 = 0; i0 < count; i0 += kBuffers) {
+    pin(lane_slice);
+    pin(base_pair);
+    pin(streams.sign_mantissa);
+    pin(streams.planes);
+    pin(entry_source.lane_words);
+#pragma unroll
+    for (int b = 0; b < kBuffers; ++b) {
+      const int i = i0 + b;
+      if (i >= count) break;  // warp-uniform
+      ring[(b + kDepth) % kBuffers].data = streams.load(strip_at(i + kDepth));
+      StripInput& next = ring[(b + 1) % kBuffers];
+      next.entry_word = entry_source.load(offsets[(b + 1) % kBuffers]);
+      next.skip = EntrySource::skip(offsets[(b + 1) % kBuffers]);
+      next.count = ends[(b + 1) % kBuffers] - offsets[(b + 1) % kBuffers];
+      const int offset = offsets[b];
+      offsets[b] = streams.offset(strip_at(i + kBuffers));
+      ends[b] = streams.offset(strip_at(i + kBuffers) + 1);
+
+      const int j = group + i * L::kGroups;  // the K strip
+      const int stage = j % L::kStages;
+      const unsigned full = base + L::kBarOffset + 8 * stage;
+      // the stage's last use has been multiplied (a fresh barrier passes parity 1 at once)
+      mbarrier_wait_parity(full + 8 * L::kStages, ((j / L::kStages) & 1) ^ 1);
+      if (issues_tma) {
+        mbarrier_arrive_expect_tx(full, L::kXBytes);  // the whole box, zero-fill included
+        tma_load_2d(base + stage * L::kXBytes, a.x_map, j * kStripCols, tok0, full);
+      }
+      const StripInput& in = ring[b];
+      const CodeWords codes = code_words(in.data);
+      unsigned regs[16];
+#pragma unroll
+      for (int n = 0; n < 16; ++n) {
+        const int r = (n + 15) % 16;  // pair 15 first, as zipgemm_rows
+        regs[r] = decode_pair(in.data, codes, r, base_pair);
+      }
+      const unsigned slice = lane_slice + stage * L::kABytes;
+#pragma unroll
+      for (int t = 0; t < 4; ++t)
+        st_shared_v4(slice + 16 * t, regs[4 * t], regs[4 * t + 1], regs[4 * t + 2], regs[4 * t + 3]);
+      __syncwarp();  // every lane's registers are in place before the patch XORs into them
+      patch_entries(in, offset, slice - lane * kLaneStageBytes, base_pair & 0x7F80u, a, lane);
+      mbarrier_arrive(full);  // release: this lane's stores and XORs, for the consumer
+    }
+  }
+}
+
+template <int kProducers, int kTokenTiles>
+__device__ __forceinline__ void specialized_consumer(const GemmArgs& a, unsigned base, int warp,
+                                                     int lane) {
+  using L = SpecializedLayout<kProducers, kTokenTiles>;
+  float acc[kTokenTiles][4];
+#pragma unroll
+  for (int t = 0; t < kTokenTiles; ++t) acc[t][0] = acc[t][1] = acc[t][2] = acc[t][3] = 0.f;
+  unsigned af[4][4];
+  const unsigned lane_slice = base + L::kAOffset + warp * kWarpTileBytes + lane * kLaneStageBytes;
+  for (int j = 0; j < a.strips_per_row_group; ++j) {
+    const int stage = j % L::kStages;
+    const unsigned full = base + L::kBarOffset + 8 * stage;
+    mbarrier_wait_parity(full, (j / L::kStages) & 1);
+    const unsigned slice = lane_slice + stage * L::kABytes;
+#pragma unroll
+    for (int t = 0; t < 4; ++t) {
+      const uint4 v = ld_shared_v4(slice + 16 * t);
+      af[t][0] = v.x, af[t][1] = v.y, af[t][2] = v.z, af[t][3] = v.w;
+    }
+    wgmma_fence();  // the A registers and the accumulators are written before the wgmmas
+#pragma unroll
+    for (int t = 0; t < 4; ++t)
+      wgmma_bf16<kTokenTiles>(acc, af[t],
+                              sw128_kmajor_descriptor(base + stage * L::kXBytes + 32 * t));
+    wgmma_commit();
+    wgmma_fence_accumulators(acc);
+    wgmma_fence_fragments(af);
+    wgmma_wait_all();
+    wgmma_fence_accumulators(acc);
+    wgmma_fence_fragments(af);
+    mbarrier_arrive(full + 8 * L::kStages);  // the stage may be refilled
+  }
+  // y from the accumulators: warp w's rows 16 w + g (+ 8), tokens 8 nt + 2 q (+ 1)
+  const int g = lane >> 2, q = lane & 3;
+  const int row0 = static_cast<int>(blockIdx.x) * 64 + warp * kStripRows + g;
+  const int tok0 = static_cast<int>(blockIdx.y) * L::kTokens + 2 * q;
+  float bias[2] = {0.f, 0.f};
+#pragma unroll
+  for (int h = 0; h < 2; ++h)
+    if (a.bias && row0 + 8 * h < a.n) bias[h] = bf16_bits_to_float(a.bias[row0 + 8 * h]);
+#pragma unroll
+  for (int nt = 0; nt < kTokenTiles; ++nt)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int row = row0 + 8 * (i >> 1), tok = tok0 + 8 * nt + (i & 1);
+      if (row < a.n && tok < a.m)
+        a.y[static_cast<long long>(tok) * a.n + row] = float_to_bf16_bits(acc[nt][i] + bias[i >> 1]);
+    }
+}
+
+template <int kProducers, int kTokenTiles, int kDepth>
+__device__ __forceinline__ void zipgemm_specialized(const GemmArgs& a, unsigned char* smem) {
+  static_assert(kProducers == 4 || kProducers == 8 || kProducers == 12,
+                "one to three producer warpgroups");
+  using L = SpecializedLayout<kProducers, kTokenTiles>;
+  const unsigned base = (shared_address(smem) + 1023u) & ~1023u;  // swizzle atoms: 1024-aligned
+  if (threadIdx.x == 0) {
+#pragma unroll
+    for (int s = 0; s < L::kStages; ++s) {
+      mbarrier_init(base + L::kBarOffset + 8 * s, L::kFullArrivals);
+      mbarrier_init(base + L::kBarOffset + 8 * (L::kStages + s), L::kEmptyArrivals);
+    }
+    fence_mbarrier_init();
+  }
+  __syncthreads();  // the barriers are initialised before anybody waits on them
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  if (warp < 4) {
+    specialized_consumer<kProducers, kTokenTiles>(a, base, warp, lane);
+  } else {
+    specialized_producer<kProducers, kTokenTiles, kDepth>(a, base, warp - 4, lane);
+  }
+}
+
+}  // namespace zipgen
