@@ -16,14 +16,18 @@ from test_gpu_wgmma import hopper_only
 pytestmark = [pytest.mark.gpu, requires_gpu]
 
 
-def specialized(warps, token_tiles, depth):
-    return ZipGemmConfig(warps, token_tiles, depth, 4, True, 1, True, specialized=True)
+def specialized(warps, token_tiles, depth, splits=1):
+    return ZipGemmConfig(warps, token_tiles, depth, 4, True, 1, True, 1, splits, specialized=True)
 
 
-# 1 or 3 decoding warpgroups (3 or 5 stages), 8 to 128 tokens per CTA, load depth 1-3
-CONFIGS = [specialized(w, t, d) for w, t, d in
-           [(8, 1, 1), (16, 2, 2), (8, 4, 2), (16, 4, 1), (16, 8, 1), (8, 8, 3), (16, 16, 2),
-            (8, 16, 1)]]
+# 1 to 4 decoding warpgroups (3 to 6 stages), 8 to 128 tokens per CTA (the multiplying
+# warpgroup issues strips in pairs, but one by one at 128 tokens with 16 warps), load depth
+# 1-3, split-K 1-4
+CONFIGS = [specialized(w, t, d, z) for w, t, d, z in
+           [(8, 1, 1, 1), (16, 2, 2, 1), (8, 4, 2, 1), (16, 4, 1, 1), (16, 8, 1, 1), (8, 8, 3, 1),
+            (16, 16, 2, 1), (8, 16, 1, 1), (16, 1, 1, 2), (16, 4, 1, 3), (8, 8, 2, 4),
+            (16, 16, 1, 2), (8, 16, 2, 3), (20, 2, 1, 1), (20, 8, 2, 2), (12, 16, 1, 1),
+            (12, 4, 1, 3)]]
 
 
 def _name(cfg):
@@ -44,7 +48,8 @@ def test_configs_on_a_ragged_matrix(cfg, m):
 
 
 @hopper_only
-@pytest.mark.parametrize("cfg", [CONFIGS[1], CONFIGS[6]], ids=["w16t16", "w16t128"])
+@pytest.mark.parametrize("cfg", [CONFIGS[1], CONFIGS[6], CONFIGS[9]],
+                         ids=["w16t16", "w16t128", "w16t32k3"])
 def test_selected_columns_are_the_weights_bit_for_bit(cfg):
     """Token t picks one column c_t of W (x one-hot): y[t] = W[:, c_t] exactly, for columns in
     every K strip and every position of a strip, so any decode or patch error shows."""
@@ -60,23 +65,25 @@ def test_selected_columns_are_the_weights_bit_for_bit(cfg):
 
 @hopper_only
 @pytest.mark.parametrize("k", [72, 136])
-def test_fewer_strips_than_decoding_groups(k):
-    """K = 72 / 136: 2 / 3 K strips for 3 decoding warpgroups: some have nothing to decode and
-    leave at once, without counting on any stage."""
+@pytest.mark.parametrize("cfg", [CONFIGS[4], CONFIGS[9]], ids=["w16t64", "w16t32k3"])
+def test_fewer_strips_than_decoding_groups(k, cfg):
+    """K = 72 / 136: 2 / 3 K strips for 3 decoding warpgroups (and 3 CTAs splitting K): some
+    have nothing to decode and leave at once, without counting on any stage; a CTA with no
+    strip at all still counts itself in, with a zero partial tile."""
     w, ct = make(200, k, seed=k)
     x = activations(20, k, seed=k)
-    assert_close(gemm(x, ct, config=CONFIGS[4], fused=True), reference(x, w))
+    assert_close(gemm(x, ct, config=cfg, fused=True), reference(x, w))
 
 
 @hopper_only
-def test_llama_shape_bias_and_determinism():
-    cfg = CONFIGS[6]
+@pytest.mark.parametrize("cfg", [CONFIGS[6], CONFIGS[11]], ids=["w16t128", "w16t128k2"])
+def test_llama_shape_bias_and_determinism(cfg):
     w, ct = make(4096, 4096)
     bias = (torch.randn(4096, device="cuda") * 0.1).to(torch.bfloat16)
     x = activations(128, 4096)
     y = gemm(x, ct, bias, config=cfg, fused=True)
     assert_close(y, reference(x, w, bias))
-    for _ in range(5):  # one warpgroup sums in K order: bit-identical run to run
+    for _ in range(5):  # K order, then split order: bit-identical run to run
         assert torch.equal(bits_of(gemm(x, ct, bias, config=cfg, fused=True)), bits_of(y))
 
 
@@ -90,8 +97,10 @@ def test_fallback_heavy_weights():
 
 
 @hopper_only
-def test_cuda_graph_replays_with_new_inputs():
-    cfg = CONFIGS[5]
+@pytest.mark.parametrize("cfg", [CONFIGS[5], CONFIGS[10]], ids=["w8t64d3", "w8t64k4"])
+def test_cuda_graph_replays_with_new_inputs(cfg):
+    """Split-K's counters go back to 0 at the end of each launch, so a captured launch
+    replays."""
     w, ct = make(1024, 2048)
     x = activations(64, 2048)
     out = poisoned(64, 1024)

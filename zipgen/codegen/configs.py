@@ -96,7 +96,8 @@ class ZipGemmConfig(_Config):
     # warp specialisation (sm_90a; specialized_kernel.cuh): warps 0-3 only multiply (wgmma,
     # holding the accumulators of 64 rows over all of K), the warps_per_cta - 4 others only
     # decode, into a ring of shared-memory stages. The tensor cores then work during the decode
-    # at 64 / 128 tokens, where the other variants wait for each strip's wgmmas
+    # at 64 / 128 tokens, where the other variants wait for each strip's wgmmas. With k_splits,
+    # each CTA of a tile takes a contiguous share of K
     specialized: bool = False
 
     op = "zipgemm"
@@ -104,7 +105,14 @@ class ZipGemmConfig(_Config):
 
     def problems(self, arch: ArchTraits) -> list[str]:
         out = []
-        if self.warps_per_cta not in (1, 2, 4, 8, 16):
+        if self.specialized is True:  # a multiplying warpgroup and 1-4 decoding ones
+            if self.warps_per_cta not in (8, 12, 16, 20):
+                out.append(f"specialized=True needs 8, 12, 16 or 20 warps (a multiplying "
+                           f"warpgroup and 1-4 decoding ones), not {self.warps_per_cta}")
+            elif self.warps_per_cta == 20 and self.token_tiles == 16:
+                out.append("specialized=True with 20 warps and 128 tokens: 640 threads leave "
+                           "96 registers each, and the 64 accumulators of 128 tokens spill")
+        elif self.warps_per_cta not in (1, 2, 4, 8, 16):
             out.append(f"warps_per_cta={self.warps_per_cta} is not 1, 2, 4, 8 or 16")
         if self.token_tiles not in (1, 2, 4, 8, 16):
             out.append(f"token_tiles={self.token_tiles} is not 1, 2, 4, 8 or 16")
@@ -138,13 +146,9 @@ class ZipGemmConfig(_Config):
             out.append(f"specialized={self.specialized!r} is not a bool")
         elif self.specialized:
             if not (self.wgmma is True and self.stage_x is True and self.row_groups == 4
-                    and self.row_strips == 1 and self.x_strips == 1 and self.k_splits == 1):
+                    and self.row_strips == 1 and self.x_strips == 1):
                 out.append("specialized=True needs wgmma=True, stage_x=True, row_groups=4, "
-                           "row_strips=1, x_strips=1 and k_splits=1 (one multiplying warpgroup "
-                           "over all of K)")
-            if self.warps_per_cta not in (8, 16):
-                out.append(f"specialized=True needs 8 or 16 warps (a multiplying warpgroup and "
-                           f"1 or 3 decoding ones), not {self.warps_per_cta}")
+                           "row_strips=1 and x_strips=1 (one multiplying warpgroup of 64 rows)")
         if not out and self.smem_bytes > arch.max_smem_per_block:
             out.append(f"{self.smem_bytes} B of shared memory exceed {arch.name}'s "
                        f"{arch.max_smem_per_block} B")
