@@ -20,7 +20,7 @@ import json
 import torch
 import torch.nn.functional as F
 
-from zipgen.codegen import ZipGemmConfig
+from zipgen.codegen import ZipGemmConfig, arch_traits
 from zipgen.runtime import fused_config
 from zipgen.tune import db, dispatch
 
@@ -33,7 +33,9 @@ def specialized_grid(m: int, warps, depths, splits):
     one CTA along M (up to 128 tokens), with each warp count, load depth and split-K."""
     tiles = next(t for t in (1, 2, 4, 8, 16) if 8 * t >= min(m, 128))
     for w, d, z in itertools.product(warps, depths, splits):
-        yield ZipGemmConfig(w, tiles, d, 4, True, 1, True, 1, z, specialized=True)
+        cfg = ZipGemmConfig(w, tiles, d, 4, True, 1, True, 1, z, specialized=True)
+        if not cfg.problems(arch_traits("sm_90a")):
+            yield cfg
 
 
 def main():

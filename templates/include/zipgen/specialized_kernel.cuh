@@ -76,38 +76,43 @@ __device__ __forceinline__ void specialized_producer(const GemmArgs& a, unsigned
   unsigned base_pair = base_pair_of(a.base);
   LaneStreams streams(a, lane);
   EntrySource entry_source(a, lane);
-  // As zipgemm_rows: strip i's words in ring[i % kBuffers], loaded at i - kDepth; its
-  // fallback offsets at i - kBuffers; its entry word at i - 1.
+  // Strip i's words and its entry word (the lane's word of the fallback records, whose address
+  // needs the strip's offset) are loaded kDepth strips ahead into ring[i % kBuffers]; its
+  // offsets (first entry, next strip's first) kUnroll strips ahead into offsets / ends, so the
+  // entry-word load never waits for them. (zipgemm_rows loads the entry word one strip ahead,
+  // a chain of two memory latencies per strip whatever the depth.)
+  constexpr int kUnroll = 2 * kBuffers;
   StripInput ring[kBuffers];
-  int offsets[kBuffers];
-  int ends[kBuffers];
+  int offsets[kUnroll];
+  int ends[kUnroll];
 #pragma unroll
-  for (int d = 0; d < kBuffers; ++d) {
-    if (d < kDepth) ring[d].data = streams.load(strip_at(d));
+  for (int d = 0; d < kUnroll; ++d) {
     offsets[d] = streams.offset(strip_at(d));
     ends[d] = streams.offset(strip_at(d) + 1);
   }
-  ring[0].entry_word = entry_source.load(offsets[0]);
-  ring[0].skip = EntrySource::skip(offsets[0]);
-  ring[0].count = ends[0] - offsets[0];
-  for (int i0 = 0; i0 < count; i0 += kBuffers) {
+  const auto load_strip = [&](StripInput& in, int i, int slot) {
+    in.data = streams.load(strip_at(i));
+    in.entry_word = entry_source.load(offsets[slot]);
+    in.skip = EntrySource::skip(offsets[slot]);
+    in.count = ends[slot] - offsets[slot];
+  };
+#pragma unroll
+  for (int d = 0; d < kDepth; ++d) load_strip(ring[d], d, d);
+  for (int i0 = 0; i0 < count; i0 += kUnroll) {
     pin(lane_slice);
     pin(base_pair);
     pin(streams.sign_mantissa);
     pin(streams.planes);
     pin(entry_source.lane_words);
 #pragma unroll
-    for (int b = 0; b < kBuffers; ++b) {
-      const int i = i0 + b;
+    for (int u = 0; u < kUnroll; ++u) {
+      const int i = i0 + u;
       if (i >= count) break;  // warp-uniform
-      ring[(b + kDepth) % kBuffers].data = streams.load(strip_at(i + kDepth));
-      StripInput& next = ring[(b + 1) % kBuffers];
-      next.entry_word = entry_source.load(offsets[(b + 1) % kBuffers]);
-      next.skip = EntrySource::skip(offsets[(b + 1) % kBuffers]);
-      next.count = ends[(b + 1) % kBuffers] - offsets[(b + 1) % kBuffers];
-      const int offset = offsets[b];
-      offsets[b] = streams.offset(strip_at(i + kBuffers));
-      ends[b] = streams.offset(strip_at(i + kBuffers) + 1);
+      const int b = u % kBuffers;
+      load_strip(ring[(b + kDepth) % kBuffers], i + kDepth, (u + kDepth) % kUnroll);
+      const int offset = offsets[u];
+      offsets[u] = streams.offset(strip_at(i + kUnroll));  // its slot is free again
+      ends[u] = streams.offset(strip_at(i + kUnroll) + 1);
 
       const int j = group + i * L::kGroups;  // the CTA's K strip (local)
       const int stage = j % L::kStages;
