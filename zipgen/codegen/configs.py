@@ -167,18 +167,16 @@ class ZipGemmConfig(_Config):
 
     @property
     def stages(self) -> int:
-        """Shared-memory stages of the specialized kernel (SpecializedLayout): two per group of
-        4 decoding warps and two more, within 192 KB."""
-        return min(2 * ((self.warps_per_cta - 4) // 4) + 2, 196608 // self._stage_bytes)
-
-    @property
-    def _stage_bytes(self) -> int:  # activations (tokens x 128 B), 4 lane-slice tiles, 2 mbarriers
-        return self.token_tiles * 8 * 128 + 4 * 32 * 80 + 16
+        """Shared-memory stages of the specialized kernel (SpecializedLayout): one per K strip
+        being decoded (a group of 4 decoding warps each), the one being multiplied, a spare."""
+        return (self.warps_per_cta - 4) // 4 + 2
 
     @property
     def smem_bytes(self) -> int:
-        if self.specialized:  # SpecializedLayout, from a 1024-aligned base
-            return 1024 + self.stages * self._stage_bytes
+        if self.specialized:  # SpecializedLayout: activation and A stages, 2 mbarriers each
+            x_stage = self.token_tiles * 8 * 128
+            a_stage = 4 * 32 * 80
+            return 1024 + self.stages * (x_stage + a_stage + 16)
         # per warp (zipgemm_kernel.cuh): 32 lanes x 80 B of staged registers; then, stage_x,
         # per K slice a double buffer of staged activations (8 rows at a pitch of 144 B per
         # token tile)

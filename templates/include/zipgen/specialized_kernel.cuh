@@ -13,10 +13,9 @@
 //     then frees the stage;
 //   * the kProducers warps after them decode, four per K strip (one per 16-row strip row):
 //     producer p takes row group p % 4 and the K strips p / 4, p / 4 + kProducers / 4, ...
-//     It decodes, waits for the stage to be free, stores into its lane slices of the stage
-//     (the other variants' staging layout, so the fallback patch is theirs) and announces them
-//     on the stage's full barrier. The consumer's thread 0 asks the TMA for a strip's
-//     activation tile as soon as the stage is free, kStages strips ahead.
+//     It decodes into its lane slices of the stage (the other variants' staging layout, so the
+//     fallback patch is theirs) and announces them on the stage's full barrier; the producer of
+//     row group 0 also asks the TMA for the strip's activation tile.
 // Shared memory only passes data between generic-proxy stores and loads (the wgmma reads A
 // from registers), so no proxy fence sits in the producers' loop: their stream loads stay in
 // flight across strips. Sums are in K order in one warpgroup: deterministic, no partials.
@@ -32,21 +31,17 @@ __device__ __forceinline__ void mbarrier_arrive(unsigned bar) {
 template <int kProducers, int kTokenTiles>
 struct SpecializedLayout {
   static constexpr int kGroups = kProducers / 4;  // K strips decoded at once
+  // Stages: those being decoded, the one being multiplied, one spare so that a fast producer
+  // group does not wait for the consumer's release of the stage before.
+  static constexpr int kStages = kGroups + 2;
   static constexpr int kTokens = 8 * kTokenTiles;
   static constexpr int kXBytes = staged_buffer_bytes<kTokenTiles, true>();  // 1024-multiple
   static constexpr int kABytes = 4 * kWarpTileBytes;  // 4 strips' lane slices
-  // Stages: two rounds of the decoding groups and two more, within 192 KB. With one round
-  // and two more (first version) the producers spent 45 % of their time waiting for a free
-  // stage and the consumer 61 % for a full one (Nsight Compute, 8B qkv at M = 32): each group
-  // could run only two strips ahead of the multiply, so the pipeline ran at its round trip.
-  static constexpr int kStages = 2 * kGroups + 2 < 196608 / (kXBytes + kABytes + 16)
-                                     ? 2 * kGroups + 2 : 196608 / (kXBytes + kABytes + 16);
   // from the 1024-aligned base: activation stages, A stages, full then empty barriers
   static constexpr int kAOffset = kStages * kXBytes;
   static constexpr int kBarOffset = kAOffset + kStages * kABytes;
   static constexpr int kBytes = kBarOffset + 16 * kStages;  // + up to 1023 of alignment
-  // 4 producer warps, and the consumer's thread 0 announcing the TMA's bytes
-  static constexpr unsigned kFullArrivals = 4 * kLanes + 1;
+  static constexpr unsigned kFullArrivals = 4 * kLanes + 1;  // 4 producer warps + the TMA's
   static constexpr unsigned kEmptyArrivals = 4 * kLanes;     // the consumer warpgroup
 };
 
@@ -75,6 +70,8 @@ __device__ __forceinline__ void specialized_producer(const GemmArgs& a, unsigned
   const auto strip_at = [&](int i) {
     return row_start + static_cast<unsigned>(min(i, count - 1) * L::kGroups);
   };
+  const bool issues_tma = member == 0 && lane == 0;
+  const int tok0 = blockIdx.y * L::kTokens;
   unsigned lane_slice = base + L::kAOffset + member * kWarpTileBytes + lane * kLaneStageBytes;
   unsigned base_pair = base_pair_of(a.base);
   LaneStreams streams(a, lane);
@@ -120,6 +117,12 @@ __device__ __forceinline__ void specialized_producer(const GemmArgs& a, unsigned
       const int j = group + i * L::kGroups;  // the CTA's K strip (local)
       const int stage = j % L::kStages;
       const unsigned full = base + L::kBarOffset + 8 * stage;
+      // the stage's last use has been multiplied (a fresh barrier passes parity 1 at once)
+      mbarrier_wait_parity(full + 8 * L::kStages, ((j / L::kStages) & 1) ^ 1);
+      if (issues_tma) {
+        mbarrier_arrive_expect_tx(full, L::kXBytes);  // the whole box, zero-fill included
+        tma_load_2d(base + stage * L::kXBytes, a.x_map, (range.x + j) * kStripCols, tok0, full);
+      }
       const StripInput& in = ring[b];
       const CodeWords codes = code_words(in.data);
       unsigned regs[16];
@@ -128,9 +131,6 @@ __device__ __forceinline__ void specialized_producer(const GemmArgs& a, unsigned
         const int r = (n + 15) % 16;  // pair 15 first, as zipgemm_rows
         regs[r] = decode_pair(in.data, codes, r, base_pair);
       }
-      // the stage's last use has been multiplied (a fresh barrier passes parity 1 at once):
-      // waited for only now, so that the decode overlaps the wait
-      mbarrier_wait_parity(full + 8 * L::kStages, ((j / L::kStages) & 1) ^ 1);
       const unsigned slice = lane_slice + stage * L::kABytes;
 #pragma unroll
       for (int t = 0; t < 4; ++t)
@@ -179,20 +179,8 @@ __device__ __forceinline__ void specialized_consumer(const GemmArgs& a, unsigned
   const unsigned lane_slice = base + L::kAOffset + warp * kWarpTileBytes + lane * kLaneStageBytes;
   const int2 range = split_strips<kSplits>(a.strips_per_row_group);
   const int strips = range.y - range.x;
-  // Thread 0 asks the TMA for strip j's activations into its stage, as soon as the stage is
-  // free: kStages strips ahead of the multiply. Its arrival announces the bytes.
-  const int tok0 = static_cast<int>(blockIdx.y) * L::kTokens;
-  const auto fetch = [&](int j) {
-    if (threadIdx.x != 0 || j >= strips) return;
-    const int stage = j % L::kStages;
-    const unsigned full = base + L::kBarOffset + 8 * stage;
-    mbarrier_arrive_expect_tx(full, L::kXBytes);  // the whole box, zero-fill included
-    tma_load_2d(base + stage * L::kXBytes, a.x_map, (range.x + j) * kStripCols, tok0, full);
-  };
-  for (int j = 0; j < L::kStages; ++j) fetch(j);
-  const auto release = [&](int j) {  // stage of strip j may be refilled: A by the producers,
+  const auto release = [&](int j) {  // stage of strip j may be refilled
     mbarrier_arrive(base + L::kBarOffset + 8 * (L::kStages + j % L::kStages));
-    fetch(j + L::kStages);  // the activations by the TMA (its reads are done: waited for)
   };
   // In pairs: the second strip's wait, loads and issue overlap the first's wgmmas. A group in
   // flight across the loop's back edge would make ptxas serialize them (C7515), as in
@@ -219,7 +207,7 @@ __device__ __forceinline__ void specialized_consumer(const GemmArgs& a, unsigned
   const int g = lane >> 2, q = lane & 3;
   const auto row_of = [&](int i) { return warp * kStripRows + g + 8 * (i >> 1); };  // in the tile
   const auto token_of = [&](int nt, int i) { return 8 * nt + 2 * q + (i & 1); };
-  const int row0 = static_cast<int>(blockIdx.x) * 64;
+  const int row0 = static_cast<int>(blockIdx.x) * 64, tok0 = static_cast<int>(blockIdx.y) * L::kTokens;
   float bias[2] = {0.f, 0.f};
 #pragma unroll
   for (int h = 0; h < 2; ++h)
