@@ -167,9 +167,10 @@ class ZipGemmConfig(_Config):
 
     @property
     def stages(self) -> int:
-        """Shared-memory stages of the specialized kernel (SpecializedLayout): one per K strip
-        being decoded (a group of 4 decoding warps each), the one being multiplied, a spare."""
-        return (self.warps_per_cta - 4) // 4 + 2
+        """Shared-memory stages of the specialized kernel (SpecializedLayout): two per group of
+        4 decoding warps and two more, within 192 KB."""
+        return min(2 * ((self.warps_per_cta - 4) // 4) + 2,
+                   196608 // (self.token_tiles * 8 * 128 + 4 * 32 * 80 + 16))
 
     @property
     def smem_bytes(self) -> int:

@@ -31,12 +31,13 @@ __device__ __forceinline__ void mbarrier_arrive(unsigned bar) {
 template <int kProducers, int kTokenTiles>
 struct SpecializedLayout {
   static constexpr int kGroups = kProducers / 4;  // K strips decoded at once
-  // Stages: those being decoded, the one being multiplied, one spare so that a fast producer
-  // group does not wait for the consumer's release of the stage before.
-  static constexpr int kStages = kGroups + 2;
   static constexpr int kTokens = 8 * kTokenTiles;
   static constexpr int kXBytes = staged_buffer_bytes<kTokenTiles, true>();  // 1024-multiple
   static constexpr int kABytes = 4 * kWarpTileBytes;  // 4 strips' lane slices
+  // Stages: two rounds of the decoding groups and two more, within 192 KB (1-2 % faster than
+  // one round and two more, benchmarks/results/specialized-variants-*-s14-*)
+  static constexpr int kStages = 2 * kGroups + 2 < 196608 / (kXBytes + kABytes + 16)
+                                     ? 2 * kGroups + 2 : 196608 / (kXBytes + kABytes + 16);
   // from the 1024-aligned base: activation stages, A stages, full then empty barriers
   static constexpr int kAOffset = kStages * kXBytes;
   static constexpr int kBarOffset = kAOffset + kStages * kABytes;
