@@ -520,3 +520,38 @@ def test_split_k_kernels_compile_without_spills_and_count_tiles_atomically(arch,
     ops = [op.lstrip("@") for _, op, _ in sass_rows(built.cubin, tool)]
     assert sum(op.startswith(("ATOMG.E.ADD", "ATOMG.ADD")) for op in ops) == 1, \
         sorted({op for op in ops if "ATOM" in op or "RED" in op})
+
+
+def test_specialized_configs_names_and_shared_memory():
+    from zipgen.codegen import ZipGemmConfig, render
+    cfg = ZipGemmConfig(16, 4, 1, 4, True, 1, True, 1, 2, specialized=True)
+    assert not cfg.problems(arch_traits("sm_90"))
+    assert cfg.kernel_name(arch_traits("sm_90a")).endswith("_wg_k2_ws")
+    assert cfg.stages == 8 and cfg.smem_bytes == 1024 + 8 * (32 * 128 + 4 * 32 * 80 + 16)
+    assert cfg.grid(6144, 33) == (96, 2, 2)
+    src = render("zipgemm", "sm_90", cfg).source
+    assert "zipgemm_specialized<12, 4, 1, 2>" in src and "zipgemm_rows" not in src
+    # what it needs, with every reason
+    assert any("needs wgmma=True" in p for p in
+               ZipGemmConfig(16, 4, 1, 4, True, 1, False, specialized=True).problems(arch_traits("sm_90")))
+    assert any("8, 12, 16 or 20 warps" in p for p in
+               ZipGemmConfig(4, 4, 1, 4, True, 1, True, specialized=True).problems(arch_traits("sm_90")))
+    assert any("96 registers" in p for p in
+               ZipGemmConfig(20, 16, 1, 4, True, 1, True, specialized=True).problems(arch_traits("sm_90")))
+    assert any("warps_per_cta=12" in p for p in ZipGemmConfig(12).problems(arch_traits("sm_90")))
+
+
+@pytest.mark.parametrize("cfg", [(8, 1, 1, 4, True, 1, True, 1, 1), (20, 2, 1, 4, True, 1, True, 1, 1),
+                                 (16, 8, 2, 4, True, 1, True, 1, 2), (16, 16, 2, 4, True, 1, True, 1, 1),
+                                 (12, 16, 1, 4, True, 1, True, 1, 3)])
+def test_specialized_kernels_compile_without_spills_or_serialized_wgmmas(cfg):
+    """The consumer warpgroup keeps a strip's wgmmas in flight while it issues the next (C7515
+    would serialize them); 128 tokens with 16 warps issues one by one, within 128 registers."""
+    from zipgen.codegen import ZipGemmConfig, render
+    from zipgen.codegen.build import include_dir
+    from zipgen.compile.nvrtc import compile_cubin
+    cfg = ZipGemmConfig(*cfg, specialized=True)
+    rendered = render("zipgemm", "sm_90", cfg)
+    built = compile_cubin(rendered.source, rendered.arch, options=("-Xptxas=-v",),
+                          include_dirs=(include_dir(),))
+    assert " 0 bytes spill stores" in built.log and "C7515" not in built.log, built.log[-2000:]

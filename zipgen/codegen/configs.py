@@ -93,13 +93,26 @@ class ZipGemmConfig(_Config):
     # order (deterministic). More CTAs where N / rows leaves SMs idle (the 64-row wgmma tile
     # gives the 8B qkv 96 CTAs for 132 SMs)
     k_splits: int = 1
+    # warp specialisation (sm_90a; specialized_kernel.cuh): warps 0-3 only multiply (wgmma,
+    # holding the accumulators of 64 rows over all of K), the warps_per_cta - 4 others only
+    # decode, into a ring of shared-memory stages. The tensor cores then work during the decode
+    # at 64 / 128 tokens, where the other variants wait for each strip's wgmmas. With k_splits,
+    # each CTA of a tile takes a contiguous share of K
+    specialized: bool = False
 
     op = "zipgemm"
     template = "zipgemm.cu.j2"
 
     def problems(self, arch: ArchTraits) -> list[str]:
         out = []
-        if self.warps_per_cta not in (1, 2, 4, 8, 16):
+        if self.specialized is True:  # a multiplying warpgroup and 1-4 decoding ones
+            if self.warps_per_cta not in (8, 12, 16, 20):
+                out.append(f"specialized=True needs 8, 12, 16 or 20 warps (a multiplying "
+                           f"warpgroup and 1-4 decoding ones), not {self.warps_per_cta}")
+            elif self.warps_per_cta == 20 and self.token_tiles == 16:
+                out.append("specialized=True with 20 warps and 128 tokens: 640 threads leave "
+                           "96 registers each, and the 64 accumulators of 128 tokens spill")
+        elif self.warps_per_cta not in (1, 2, 4, 8, 16):
             out.append(f"warps_per_cta={self.warps_per_cta} is not 1, 2, 4, 8 or 16")
         if self.token_tiles not in (1, 2, 4, 8, 16):
             out.append(f"token_tiles={self.token_tiles} is not 1, 2, 4, 8 or 16")
@@ -129,6 +142,13 @@ class ZipGemmConfig(_Config):
             if not (self.stage_x is True and self.row_groups == 4 and self.row_strips == 1):
                 out.append("wgmma=True needs stage_x=True, row_groups=4 and row_strips=1 (the 4 "
                            "row groups of a K slice form the warpgroup)")
+        if not isinstance(self.specialized, bool):
+            out.append(f"specialized={self.specialized!r} is not a bool")
+        elif self.specialized:
+            if not (self.wgmma is True and self.stage_x is True and self.row_groups == 4
+                    and self.row_strips == 1 and self.x_strips == 1):
+                out.append("specialized=True needs wgmma=True, stage_x=True, row_groups=4, "
+                           "row_strips=1 and x_strips=1 (one multiplying warpgroup of 64 rows)")
         if not out and self.smem_bytes > arch.max_smem_per_block:
             out.append(f"{self.smem_bytes} B of shared memory exceed {arch.name}'s "
                        f"{arch.max_smem_per_block} B")
@@ -146,7 +166,18 @@ class ZipGemmConfig(_Config):
         return 32 * self.warps_per_cta
 
     @property
+    def stages(self) -> int:
+        """Shared-memory stages of the specialized kernel (SpecializedLayout): two per group of
+        4 decoding warps and two more, within 192 KB."""
+        return min(2 * ((self.warps_per_cta - 4) // 4) + 2,
+                   196608 // (self.token_tiles * 8 * 128 + 4 * 32 * 80 + 16))
+
+    @property
     def smem_bytes(self) -> int:
+        if self.specialized:  # SpecializedLayout: activation and A stages, 2 mbarriers each
+            x_stage = self.token_tiles * 8 * 128
+            a_stage = 4 * 32 * 80
+            return 1024 + self.stages * (x_stage + a_stage + 16)
         # per warp (zipgemm_kernel.cuh): 32 lanes x 80 B of staged registers; then, stage_x,
         # per K slice a double buffer of staged activations (8 rows at a pitch of 144 B per
         # token tile)
@@ -168,7 +199,8 @@ class ZipGemmConfig(_Config):
                 + (f"_s{self.row_strips}" if self.row_strips > 1 else "")
                 + ("_wg" if self.wgmma else "")
                 + (f"_x{self.x_strips}" if self.x_strips > 1 else "")
-                + (f"_k{self.k_splits}" if self.k_splits > 1 else ""))
+                + (f"_k{self.k_splits}" if self.k_splits > 1 else "")
+                + ("_ws" if self.specialized else ""))
 
     @property
     def rows(self) -> int:

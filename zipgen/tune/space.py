@@ -10,12 +10,12 @@ from ..codegen import OPS, arch_traits
 # The values the tuner tries per config field (a subset of what the configs accept: one-warp
 # fused CTAs never won a sweep, BENCHMARKS.md).
 VALUES: dict[str, dict[str, tuple]] = {
-    "zipgemm": {"warps_per_cta": (2, 4, 8, 16), "token_tiles": (1, 2, 4, 8, 16),
+    "zipgemm": {"warps_per_cta": (2, 4, 8, 12, 16, 20),  # 12 and 20: specialized only "token_tiles": (1, 2, 4, 8, 16),
                 "depth": (1, 2, 3, 4), "row_groups": (1, 2, 4), "stage_x": (False, True),
                 "row_strips": (1, 2), "wgmma": (False, True), "x_strips": (1, 2, 4),
                 # k_splits 5-8 are valid kernels but lost every one of 360 trials on the layers
                 # with the fewest tiles (benchmarks/results/split-k-5-8-s12-h200-2026-11-28.md)
-                "k_splits": (1, 2, 3, 4)},
+                "k_splits": (1, 2, 3, 4), "specialized": (False, True)},
     "decode": {"warps_per_cta": (1, 2, 4, 8, 16), "strips_per_warp": (1, 2, 4, 8)},
 }
 

@@ -1,0 +1,95 @@
+"""The warp-specialised kernel (ZipGemmConfig.specialized) against the tuning database's
+winners: per layer and M, the winner, every specialised configuration of a small grid, and
+cuBLAS, timed in one process.
+
+    python benchmarks/specialized_ab.py --db tuning_db [--models 8b,70b] [--ms 16,32,64,128]
+                                        [--warps 8,12,16,20] [--depths 1,2] [--splits 1,2,4]
+                                        [--json out.json]
+
+Same method as benchmarks/gemm.py (CUDA graphs, weights rotated past L2, medians; every config
+is checked against FP32 first). The database's records are read whatever kernel headers they
+were measured with: the winners' kernels must be unchanged in this tree for the comparison to
+mean anything (the specialised kernel has its own header).
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+
+import torch
+import torch.nn.functional as F
+
+from zipgen.codegen import ZipGemmConfig, arch_traits
+from zipgen.runtime import fused_config
+from zipgen.tune import db, dispatch
+
+from _timing import graph_time_us, header, warm_up_gpu
+from gemm import LAYERS, checked_fused_time_us, rotated_layer
+
+
+def specialized_grid(m: int, warps, depths, splits):
+    """Specialised configurations for M tokens: the smallest token tile count that covers M in
+    one CTA along M (up to 128 tokens), with each warp count, load depth and split-K."""
+    tiles = next(t for t in (1, 2, 4, 8, 16) if 8 * t >= min(m, 128))
+    for w, d, z in itertools.product(warps, depths, splits):
+        cfg = ZipGemmConfig(w, tiles, d, 4, True, 1, True, 1, z, specialized=True)
+        if not cfg.problems(arch_traits("sm_90a")):
+            yield cfg
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--db", required=True, help="tuning database folder to take winners from")
+    ap.add_argument("--models", default="8b,70b")
+    ap.add_argument("--ms", default="16,32,64,128")
+    ap.add_argument("--warps", default="8,12,16,20")
+    ap.add_argument("--depths", default="1,2")
+    ap.add_argument("--splits", default="1,2,4")
+    ap.add_argument("--json")
+    args = ap.parse_args()
+    warps = [int(v) for v in args.warps.split(",")]
+    depths = [int(v) for v in args.depths.split(",")]
+    splits = [int(v) for v in args.splits.split(",")]
+    index = db.winners(db.read_records([args.db]))  # every record: headers are not checked
+    name = torch.cuda.get_device_name()
+    arch = "sm_%d%d" % torch.cuda.get_device_capability()
+    print(header("the warp-specialised kernel against the database's winners "
+                 "(benchmarks/specialized_ab.py)"))
+    print("| layer | M | cuBLAS µs | winner µs | best specialised µs | specialised / winner "
+          "| vs cuBLAS (winner → best) | best specialised config | all specialised µs |")
+    print("|---" * 9 + "|")
+    warm_up_gpu()
+    rows = []
+    for model in args.models.split(","):
+        for li, (layer, n, k) in enumerate(LAYERS[model]):
+            ws, cts = rotated_layer(n, k, seed=li)
+            for m in map(int, args.ms.split(",")):
+                cfg, source = dispatch.lookup("zipgemm", name, arch, n, k, m, index=index)
+                cfg = cfg or fused_config(m, n, k)
+                xs = [torch.randn(m, k, device="cuda").to(torch.bfloat16) for _ in ws]
+                t_cublas = graph_time_us([lambda x=x, w=w: F.linear(x, w) for x, w in zip(xs, ws)])
+                t_winner = checked_fused_time_us(cfg, xs, ws, cts)
+                times = {}
+                for alt in specialized_grid(m, warps, depths, splits):
+                    times[alt] = checked_fused_time_us(alt, xs, ws, cts)
+                best = min(times, key=times.get)
+                t_best = min(t_winner, times[best])
+                rows.append(dict(layer=layer, n=n, k=k, m=m, cublas_us=t_cublas,
+                                 winner=cfg.as_dict(), winner_source=source, winner_us=t_winner,
+                                 specialized=[dict(config=c.as_dict(), us=t)
+                                              for c, t in times.items()]))
+                alls = ", ".join(f"w{c.warps_per_cta}d{c.depth}k{c.k_splits} {t:.1f}" for c, t in times.items())
+                print(f"| {layer} | {m} | {t_cublas:.1f} | {t_winner:.1f} | {times[best]:.1f} | "
+                      f"{t_winner / times[best]:.3f} | {t_cublas / t_winner:.3f} → "
+                      f"{t_cublas / t_best:.3f} | w{best.warps_per_cta} t{best.tokens} "
+                      f"d{best.depth} k{best.k_splits} | {alls} |", flush=True)
+            del ws, cts
+            torch.cuda.empty_cache()
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
