@@ -10,7 +10,8 @@ from ..codegen import OPS, arch_traits
 # The values the tuner tries per config field (a subset of what the configs accept: one-warp
 # fused CTAs never won a sweep, BENCHMARKS.md).
 VALUES: dict[str, dict[str, tuple]] = {
-    "zipgemm": {"warps_per_cta": (2, 4, 8, 12, 16, 20),  # 12 and 20: specialized only "token_tiles": (1, 2, 4, 8, 16),
+    # warps 12 and 20: the specialized kernel only (a multiplying and 2 or 4 decoding warpgroups)
+    "zipgemm": {"warps_per_cta": (2, 4, 8, 12, 16, 20), "token_tiles": (1, 2, 4, 8, 16),
                 "depth": (1, 2, 3, 4), "row_groups": (1, 2, 4), "stage_x": (False, True),
                 "row_strips": (1, 2), "wgmma": (False, True), "x_strips": (1, 2, 4),
                 # k_splits 5-8 are valid kernels but lost every one of 360 trials on the layers
