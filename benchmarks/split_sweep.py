@@ -3,7 +3,10 @@ verified, then timed, and recorded in the tuning database like any trial), for s
 the 64-row tiles leave SMs idle, and print each study's winner before and after.
 
     ZIPGEN_TUNING_DB=DIR python benchmarks/split_sweep.py [--splits 5,6,7,8] [--ms 16,32]
-        [--shapes 6144x4096,4096x4096,...] [--budget-s 150]
+        [--shapes 6144x4096,4096x4096,...] [--budget-s 150] [--specialized 12,16,20]
+
+--specialized W,... measures the warp-specialised kernel instead (ZipGemmConfig.specialized:
+W warps, load depth 1, each of --splits), to add its records to a database without a re-tune.
 
 The tuner's own search (`zipgen tune`) samples k_splits from zipgen.tune.space.VALUES; this
 script tries values outside it, on chosen shapes, to decide whether they belong there.
@@ -14,7 +17,7 @@ import argparse
 import itertools
 import time
 
-from zipgen.codegen import ZipGemmConfig
+from zipgen.codegen import ZipGemmConfig, arch_traits
 from zipgen.tune import TuningDB, winners
 from zipgen.tune.db import write_folder
 from zipgen.tune.search import Options, Target, Tuner
@@ -25,9 +28,16 @@ SHAPES = {"8B qkv": (6144, 4096), "8B o": (4096, 4096), "8B down": (4096, 14336)
           "8B gate_up": (28672, 4096), "70B qkv": (10240, 8192)}
 
 
-def grid(splits, m_bucket):
-    """wgmma configurations: warps 4 / 8 / 16, depth 1-2, the token tiles that cover M."""
+def grid(splits, m_bucket, specialized=()):
+    """wgmma configurations: warps 4 / 8 / 16, depth 1-2, the token tiles that cover M; or
+    the specialized kernel's with `specialized` warps, depth 1."""
     tiles = [t for t in (1, 2, 4, 8, 16) if 8 * t >= m_bucket][:1]
+    if specialized:
+        for w, t, s in itertools.product(specialized, tiles, splits):
+            cfg = ZipGemmConfig(w, t, 1, 4, True, 1, True, 1, s, specialized=True)
+            if not cfg.problems(arch_traits("sm_90a")):
+                yield cfg
+        return
     for w, d, t, s in itertools.product((4, 8, 16), (1, 2), tiles, splits):
         yield ZipGemmConfig(warps_per_cta=w, token_tiles=t, depth=d, row_groups=4, stage_x=True,
                             row_strips=1, wgmma=True, x_strips=1, k_splits=s)
@@ -39,8 +49,10 @@ def main():
     ap.add_argument("--ms", default="16,32")
     ap.add_argument("--shapes", default=",".join(f"{n}x{k}" for n, k in SHAPES.values()))
     ap.add_argument("--budget-s", type=float, default=150.0)
+    ap.add_argument("--specialized", default="", help="warp counts of the specialized kernel")
     args = ap.parse_args()
     splits = [int(v) for v in args.splits.split(",")]
+    specialized = [int(v) for v in args.specialized.split(",") if v]
     ms = [int(v) for v in args.ms.split(",")]
     shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
     names = {v: k for k, v in SHAPES.items()}
@@ -53,7 +65,7 @@ def main():
     started, rows = time.monotonic(), []
     try:
         for (n, k), m in itertools.product(shapes, ms):
-            for cfg in grid(splits, m):
+            for cfg in grid(splits, m, specialized):
                 if time.monotonic() - started > args.budget_s:
                     break
                 tuner.evaluate("zipgemm", n, k, m, cfg)
@@ -61,7 +73,8 @@ def main():
     finally:
         tuner.measurer().close()
     after = winners(tuner.records, "zipgemm")
-    print(f"# split_sweep on {target.device_name}: k_splits {splits}, {db.folder}")
+    what = f"specialized {specialized}, " if specialized else ""
+    print(f"# split_sweep on {target.device_name}: {what}k_splits {splits}, {db.folder}")
     print("| layer | M | winner before µs | after µs | gain | new winner |")
     print("|---|---|---|---|---|---|")
     for n, k, m in rows:
