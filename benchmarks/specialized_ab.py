@@ -17,15 +17,12 @@ import argparse
 import itertools
 import json
 
-import torch
-import torch.nn.functional as F
-
 from zipgen.codegen import ZipGemmConfig, arch_traits
-from zipgen.runtime import fused_config
-from zipgen.tune import db, dispatch
+from zipgen.tune import db
 
-from _timing import graph_time_us, header, warm_up_gpu
-from gemm import LAYERS, checked_fused_time_us, rotated_layer
+from _timing import header, warm_up_gpu
+from gemm import checked_fused_time_us
+from winners_ab import winner_cells
 
 
 def specialized_grid(m: int, warps, depths, splits):
@@ -52,8 +49,6 @@ def main():
     depths = [int(v) for v in args.depths.split(",")]
     splits = [int(v) for v in args.splits.split(",")]
     index = db.winners(db.read_records([args.db]))  # every record: headers are not checked
-    name = torch.cuda.get_device_name()
-    arch = "sm_%d%d" % torch.cuda.get_device_capability()
     print(header("the warp-specialised kernel against the database's winners "
                  "(benchmarks/specialized_ab.py)"))
     print("| layer | M | cuBLAS µs | winner µs | best specialised µs | specialised / winner "
@@ -61,31 +56,22 @@ def main():
     print("|---" * 9 + "|")
     warm_up_gpu()
     rows = []
-    for model in args.models.split(","):
-        for li, (layer, n, k) in enumerate(LAYERS[model]):
-            ws, cts = rotated_layer(n, k, seed=li)
-            for m in map(int, args.ms.split(",")):
-                cfg, source = dispatch.lookup("zipgemm", name, arch, n, k, m, index=index)
-                cfg = cfg or fused_config(m, n, k)
-                xs = [torch.randn(m, k, device="cuda").to(torch.bfloat16) for _ in ws]
-                t_cublas = graph_time_us([lambda x=x, w=w: F.linear(x, w) for x, w in zip(xs, ws)])
-                t_winner = checked_fused_time_us(cfg, xs, ws, cts)
-                times = {}
-                for alt in specialized_grid(m, warps, depths, splits):
-                    times[alt] = checked_fused_time_us(alt, xs, ws, cts)
-                best = min(times, key=times.get)
-                t_best = min(t_winner, times[best])
-                rows.append(dict(layer=layer, n=n, k=k, m=m, cublas_us=t_cublas,
-                                 winner=cfg.as_dict(), winner_source=source, winner_us=t_winner,
-                                 specialized=[dict(config=c.as_dict(), us=t)
-                                              for c, t in times.items()]))
-                alls = ", ".join(f"w{c.warps_per_cta}d{c.depth}k{c.k_splits} {t:.1f}" for c, t in times.items())
-                print(f"| {layer} | {m} | {t_cublas:.1f} | {t_winner:.1f} | {times[best]:.1f} | "
-                      f"{t_winner / times[best]:.3f} | {t_cublas / t_winner:.3f} → "
-                      f"{t_cublas / t_best:.3f} | w{best.warps_per_cta} t{best.tokens} "
-                      f"d{best.depth} k{best.k_splits} | {alls} |", flush=True)
-            del ws, cts
-            torch.cuda.empty_cache()
+    for layer, n, k, m, cfg, source, ws, cts, xs, t_cublas in winner_cells(index, args.models,
+                                                                           args.ms):
+        t_winner = checked_fused_time_us(cfg, xs, ws, cts)
+        times = {alt: checked_fused_time_us(alt, xs, ws, cts)
+                 for alt in specialized_grid(m, warps, depths, splits)}
+        best = min(times, key=times.get)
+        t_best = min(t_winner, times[best])
+        rows.append(dict(layer=layer, n=n, k=k, m=m, cublas_us=t_cublas,
+                         winner=cfg.as_dict(), winner_source=source, winner_us=t_winner,
+                         specialized=[dict(config=c.as_dict(), us=t) for c, t in times.items()]))
+        alls = ", ".join(f"w{c.warps_per_cta}d{c.depth}k{c.k_splits} {t:.1f}"
+                         for c, t in times.items())
+        print(f"| {layer} | {m} | {t_cublas:.1f} | {t_winner:.1f} | {times[best]:.1f} | "
+              f"{t_winner / times[best]:.3f} | {t_cublas / t_winner:.3f} → "
+              f"{t_cublas / t_best:.3f} | w{best.warps_per_cta} t{best.tokens} "
+              f"d{best.depth} k{best.k_splits} | {alls} |", flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)

@@ -27,6 +27,24 @@ from _timing import graph_time_us, header, warm_up_gpu
 from gemm import LAYERS, checked_fused_time_us, rotated_layer
 
 
+def winner_cells(index, models: str, ms: str):
+    """Per benchmark layer (rotated copies) and M: (layer, n, k, m, the database's winner or
+    the default, where it came from, the rotated BF16 and compressed weights, activations per
+    copy, cuBLAS's time in µs), each layer's copies freed after its last M."""
+    name = torch.cuda.get_device_name()
+    arch = "sm_%d%d" % torch.cuda.get_device_capability()
+    for model in models.split(","):
+        for li, (layer, n, k) in enumerate(LAYERS[model]):
+            ws, cts = rotated_layer(n, k, seed=li)
+            for m in map(int, ms.split(",")):
+                cfg, source = dispatch.lookup("zipgemm", name, arch, n, k, m, index=index)
+                xs = [torch.randn(m, k, device="cuda").to(torch.bfloat16) for _ in ws]
+                t_cublas = graph_time_us([lambda x=x, w=w: F.linear(x, w) for x, w in zip(xs, ws)])
+                yield layer, n, k, m, cfg or fused_config(m, n, k), source, ws, cts, xs, t_cublas
+            del ws, cts
+            torch.cuda.empty_cache()
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--db", required=True, help="tuning database folder to take winners from")
@@ -47,7 +65,6 @@ def main():
     if args.compare:
         with open(args.compare) as f:
             before = {(r["layer"], r["m"]): r for r in json.load(f)}
-    name = torch.cuda.get_device_name()
     arch = "sm_%d%d" % torch.cuda.get_device_capability()
     print(header("database winners in this tree (benchmarks/winners_ab.py)"))
     varied = "".join(f" {vary_field}={v} µs |" for v in vary_values)
@@ -56,35 +73,27 @@ def main():
     print("|---" * (7 + len(vary_values)) + "|")
     warm_up_gpu()
     rows = []
-    for model in args.models.split(","):
-        for li, (layer, n, k) in enumerate(LAYERS[model]):
-            ws, cts = rotated_layer(n, k, seed=li)
-            for m in map(int, args.ms.split(",")):
-                cfg, source = dispatch.lookup("zipgemm", name, arch, n, k, m, index=index)
-                cfg = cfg or fused_config(m, n, k)
-                xs = [torch.randn(m, k, device="cuda").to(torch.bfloat16) for _ in ws]
-                t_cublas = graph_time_us([lambda x=x, w=w: F.linear(x, w) for x, w in zip(xs, ws)])
-                t = checked_fused_time_us(cfg, xs, ws, cts)
-                variants = {}
-                for v in vary_values:
-                    alt = dataclasses.replace(cfg, **{vary_field: v})
-                    if alt != cfg and not alt.problems(arch_traits(arch)):
-                        variants[v] = checked_fused_time_us(alt, xs, ws, cts)
-                rows.append(dict(layer=layer, n=n, k=k, m=m, config=cfg.as_dict(), source=source,
-                                 cublas_us=t_cublas, us=t,
-                                 **({"varied": {vary_field: variants}} if vary_field else {})))
-                other = before.get((layer, m))
-                mine = cfg.as_dict()  # a field only one tree has (a new one) is not compared
-                same = other is not None and all(other["config"][f] == mine[f]
-                                                 for f in other["config"].keys() & mine.keys())
-                cells = (f"{other['us']:.1f} | {other['us'] / t:.3f}" if same
-                         else "- | -")
-                alts = "".join(f" {variants[v]:.1f} ({t / variants[v]:.3f}x) |" if v in variants
-                               else " - |" for v in vary_values)
-                print(f"| {layer} | {m} | {cfg.describe()} | {t_cublas:.1f} | {t:.1f} | {cells} |"
-                      + alts, flush=True)
-            del ws, cts
-            torch.cuda.empty_cache()
+    for layer, n, k, m, cfg, source, ws, cts, xs, t_cublas in winner_cells(index, args.models,
+                                                                           args.ms):
+        t = checked_fused_time_us(cfg, xs, ws, cts)
+        variants = {}
+        for v in vary_values:
+            alt = dataclasses.replace(cfg, **{vary_field: v})
+            if alt != cfg and not alt.problems(arch_traits(arch)):
+                variants[v] = checked_fused_time_us(alt, xs, ws, cts)
+        rows.append(dict(layer=layer, n=n, k=k, m=m, config=cfg.as_dict(), source=source,
+                         cublas_us=t_cublas, us=t,
+                         **({"varied": {vary_field: variants}} if vary_field else {})))
+        other = before.get((layer, m))
+        mine = cfg.as_dict()  # a field only one tree has (a new one) is not compared
+        same = other is not None and all(other["config"][f] == mine[f]
+                                         for f in other["config"].keys() & mine.keys())
+        cells = (f"{other['us']:.1f} | {other['us'] / t:.3f}" if same
+                 else "- | -")
+        alts = "".join(f" {variants[v]:.1f} ({t / variants[v]:.3f}x) |" if v in variants
+                       else " - |" for v in vary_values)
+        print(f"| {layer} | {m} | {cfg.describe()} | {t_cublas:.1f} | {t:.1f} | {cells} |"
+              + alts, flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)
