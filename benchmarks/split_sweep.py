@@ -17,11 +17,13 @@ import argparse
 import itertools
 import time
 
-from zipgen.codegen import ZipGemmConfig, arch_traits
+from zipgen.codegen import ZipGemmConfig
 from zipgen.tune import TuningDB, winners
 from zipgen.tune.db import write_folder
 from zipgen.tune.search import Options, Target, Tuner
 from zipgen.tune.worker import Worker
+
+from specialized_ab import specialized_grid
 
 # the layers with the fewest 64-row tiles for 132 SMs (8B o and down: 64, qkv: 96, 70B qkv: 160)
 SHAPES = {"8B qkv": (6144, 4096), "8B o": (4096, 4096), "8B down": (4096, 14336),
@@ -33,10 +35,8 @@ def grid(splits, m_bucket, specialized=()):
     the specialized kernel's with `specialized` warps, depth 1."""
     tiles = [t for t in (1, 2, 4, 8, 16) if 8 * t >= m_bucket][:1]
     if specialized:
-        for w, t, s in itertools.product(specialized, tiles, splits):
-            cfg = ZipGemmConfig(w, t, 1, 4, True, 1, True, 1, s, specialized=True)
-            if not cfg.problems(arch_traits("sm_90a")):
-                yield cfg
+        if tiles:  # M <= 128, as for the wgmma grid
+            yield from specialized_grid(m_bucket, specialized, (1,), splits)
         return
     for w, d, t, s in itertools.product((4, 8, 16), (1, 2), tiles, splits):
         yield ZipGemmConfig(warps_per_cta=w, token_tiles=t, depth=d, row_groups=4, stage_x=True,

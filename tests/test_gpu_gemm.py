@@ -67,6 +67,33 @@ def poisoned(m, n):
     return torch.full((m, n), float("nan"), device="cuda", dtype=torch.bfloat16)
 
 
+def check_fused(cfg, m, n=300, k=1608, seed=0):
+    """The fused kernel with `cfg` against FP32: by default a partial last CTA along N and
+    along M and a ragged last strip (K % 64 = 8); outputs poisoned first."""
+    w, ct = make(n, k, seed=seed)
+    x = activations(m, k, seed=seed)
+    out = poisoned(m, n)
+    gemm(x, ct, out=out, config=cfg, fused=True)
+    assert_close(out, reference(x, w))
+
+
+def check_graph_replays(cfg, m, seeds, n=1024, k=2048):
+    """A captured fused launch, replayed with new activations each time (split-K's counters
+    must be back at 0 after each launch)."""
+    w, ct = make(n, k)
+    x = activations(m, k)
+    out = poisoned(m, n)
+    gemm(x, ct, out=out, config=cfg, fused=True)  # loads the kernel outside the capture
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        gemm(x, ct, out=out, config=cfg, fused=True)
+    for seed in seeds:
+        x.copy_(activations(m, k, seed=seed))
+        out.fill_(float("nan"))
+        graph.replay()
+        assert_close(out, reference(x, w))
+
+
 @pytest.mark.parametrize("m", M_SWEEP)
 @pytest.mark.parametrize("fused", [None, True, False])
 def test_m_sweep(m, fused):

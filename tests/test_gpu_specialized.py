@@ -10,7 +10,8 @@ from zipgen.codegen import ZipGemmConfig, arch_traits
 from zipgen.runtime import gemm
 
 from conftest import bits_of, requires_gpu
-from test_gpu_gemm import activations, assert_close, fallback_heavy, make, poisoned, reference
+from test_gpu_gemm import (activations, assert_close, check_fused, check_graph_replays,
+                           fallback_heavy, make, reference)
 from test_gpu_wgmma import hopper_only
 
 pytestmark = [pytest.mark.gpu, requires_gpu]
@@ -40,11 +41,7 @@ def _name(cfg):
 def test_configs_on_a_ragged_matrix(cfg, m):
     """A partial last CTA along N (N = 300: strip rows past N) and along M, a ragged last strip
     (K % 64 = 8), outputs poisoned first."""
-    w, ct = make(300, 1608, seed=m)
-    x = activations(m, 1608, seed=m)
-    out = poisoned(m, 300)
-    gemm(x, ct, out=out, config=cfg, fused=True)
-    assert_close(out, reference(x, w))
+    check_fused(cfg, m, seed=m)
 
 
 @hopper_only
@@ -101,15 +98,4 @@ def test_fallback_heavy_weights():
 def test_cuda_graph_replays_with_new_inputs(cfg):
     """Split-K's counters go back to 0 at the end of each launch, so a captured launch
     replays."""
-    w, ct = make(1024, 2048)
-    x = activations(64, 2048)
-    out = poisoned(64, 1024)
-    gemm(x, ct, out=out, config=cfg, fused=True)  # loads the kernel outside the capture
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        gemm(x, ct, out=out, config=cfg, fused=True)
-    for seed in (1, 2):
-        x.copy_(activations(64, 2048, seed=seed))
-        out.fill_(float("nan"))
-        graph.replay()
-        assert_close(out, reference(x, w))
+    check_graph_replays(cfg, 64, (1, 2))

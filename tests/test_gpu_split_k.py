@@ -12,7 +12,8 @@ from zipgen.runtime import gemm, workspace_bytes
 from zipgen.tune import dispatch
 
 from conftest import bits_of, requires_gpu
-from test_gpu_gemm import activations, assert_close, make, poisoned, reference
+from test_gpu_gemm import (activations, assert_close, check_fused, check_graph_replays, make,
+                           poisoned, reference)
 from test_gpu_wgmma import hopper_only
 from test_nn import bf16_linear
 
@@ -34,27 +35,17 @@ def _name(cfg):
     return cfg.kernel_name(arch_traits("sm_90a" if cfg.wgmma else "sm_90"))
 
 
-def _check(cfg, m, n=300, k=1608, seed=0):
-    """A partial last CTA along N and along M, a ragged last strip (K % 64 = 8), outputs
-    poisoned first."""
-    w, ct = make(n, k, seed=seed)
-    x = activations(m, k, seed=seed)
-    out = poisoned(m, n)
-    gemm(x, ct, out=out, config=cfg, fused=True)
-    assert_close(out, reference(x, w))
-
-
 @hopper_only
 @pytest.mark.parametrize("cfg", WGMMA, ids=_name)
 @pytest.mark.parametrize("m", [1, 17, 64])
 def test_wgmma_split_k(cfg, m):
-    _check(cfg, m, seed=m)
+    check_fused(cfg, m, seed=m)
 
 
 @pytest.mark.parametrize("cfg", MMA_SYNC, ids=_name)
 @pytest.mark.parametrize("m", [1, 17])
 def test_mma_sync_split_k(cfg, m):
-    _check(cfg, m, seed=m)
+    check_fused(cfg, m, seed=m)
 
 
 @hopper_only
@@ -62,7 +53,7 @@ def test_mma_sync_split_k(cfg, m):
 def test_more_k_slices_than_strips(k):
     """16 warps x 4 splits = 16 K slices of a row with 2, 3 or 18 strips: most CTAs of a tile
     have nothing to multiply and still count themselves in, with zero partial tiles."""
-    _check(ZipGemmConfig(16, 2, 1, 4, True, 1, True, 1, 4), 20, n=200, k=k, seed=k)
+    check_fused(ZipGemmConfig(16, 2, 1, 4, True, 1, True, 1, 4), 20, n=200, k=k, seed=k)
 
 
 @hopper_only
@@ -80,19 +71,7 @@ def test_llama_shape_bias_and_determinism():
 @hopper_only
 def test_cuda_graph_replays_with_new_inputs():
     """The counters go back to 0 at the end of each launch, so a captured launch replays."""
-    cfg = WGMMA[3]
-    w, ct = make(1024, 2048)
-    x = activations(16, 2048)
-    out = poisoned(16, 1024)
-    gemm(x, ct, out=out, config=cfg, fused=True)  # loads the kernel outside the capture
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        gemm(x, ct, out=out, config=cfg, fused=True)
-    for seed in (1, 2, 3):
-        x.copy_(activations(16, 2048, seed=seed))
-        out.fill_(float("nan"))
-        graph.replay()
-        assert_close(out, reference(x, w))
+    check_graph_replays(WGMMA[3], 16, (1, 2, 3))
 
 
 @hopper_only

@@ -9,7 +9,8 @@ from zipgen.codegen import ZipGemmConfig, arch_traits
 from zipgen.runtime import gemm
 
 from conftest import bits_of, requires_gpu
-from test_gpu_gemm import activations, assert_close, fallback_heavy, make, poisoned, reference
+from test_gpu_gemm import (activations, assert_close, check_fused, fallback_heavy, make, poisoned,
+                           reference)
 
 pytestmark = [pytest.mark.gpu, requires_gpu]
 
@@ -34,11 +35,7 @@ CONFIGS = [ZipGemmConfig(w, t, d, 4, True, 1, True)
 def test_configs_on_a_ragged_matrix(cfg, m):
     """A partial last CTA (N = 300: the warpgroup's last row groups past N) and a ragged last
     strip (K % 64 = 8), outputs poisoned first."""
-    w, ct = make(300, 1608, seed=m)
-    x = activations(m, 1608, seed=m)
-    out = poisoned(m, 300)
-    gemm(x, ct, out=out, config=cfg, fused=True)
-    assert_close(out, reference(x, w))
+    check_fused(cfg, m, seed=m)
 
 
 @hopper_only

@@ -12,6 +12,7 @@ as it is. Each file is rewritten atomically, its lines in their order.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 
@@ -59,14 +60,12 @@ def stamp_file(path: Path, headers_sha256: str | None = None) -> tuple[int, int]
                 out.append(line)
                 continue
             detail = {**detail, "fused_configs": configs}
-        d = record.to_json()
-        d["detail"] = detail
-        candidate = Record.from_json(d)
-        digest = record_kernel_sha256(candidate)
+        digest = record_kernel_sha256(dataclasses.replace(record, detail=detail))
         if digest is None:  # a configuration that no longer renders (constraint records)
             out.append(line)
             continue
-        d["env"] = {**record.env, "kernel_sha256": digest}
+        d = record.to_json()
+        d["detail"], d["env"] = detail, {**record.env, "kernel_sha256": digest}
         out.append(json.dumps(d, allow_nan=False))
         stamped += 1
     write_atomic(path, ("\n".join(out) + "\n").encode())
