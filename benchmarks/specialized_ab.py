@@ -35,6 +35,42 @@ def specialized_grid(m: int, warps, depths, splits):
             yield cfg
 
 
+def variant_table(args, title: str, label: str, grid):
+    """Per winner cell (winners_ab.winner_cells): the winner, every configuration grid(m,
+    winner) yields, and cuBLAS, timed in one process, as a markdown table (and JSON rows)."""
+    index = db.winners(db.read_records([args.db]))  # every record: headers are not checked
+    print(header(title))
+    print(f"| layer | M | cuBLAS µs | winner µs | best {label} µs | {label} / winner "
+          f"| vs cuBLAS (winner → best) | best {label} config | all {label} µs |")
+    print("|---" * 9 + "|")
+    warm_up_gpu()
+    rows = []
+    for layer, n, k, m, cfg, source, ws, cts, xs, t_cublas in winner_cells(index, args.models,
+                                                                           args.ms):
+        t_winner = checked_fused_time_us(cfg, xs, ws, cts)
+        times = {alt: checked_fused_time_us(alt, xs, ws, cts) for alt in grid(m, cfg)}
+        if not times:
+            continue
+        best = min(times, key=times.get)
+        t_best = min(t_winner, times[best])
+        rows.append(dict(layer=layer, n=n, k=k, m=m, cublas_us=t_cublas,
+                         winner=cfg.as_dict(), winner_source=source, winner_us=t_winner,
+                         variants=[dict(config=c.as_dict(), us=t) for c, t in times.items()]))
+        alls = ", ".join(f"{short(c)} {t:.1f}" for c, t in times.items())
+        print(f"| {layer} | {m} | {t_cublas:.1f} | {t_winner:.1f} | {times[best]:.1f} | "
+              f"{t_winner / times[best]:.3f} | {t_cublas / t_winner:.3f} → "
+              f"{t_cublas / t_best:.3f} | {short(best)} | {alls} |", flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=1)
+
+
+def short(cfg) -> str:
+    """w16 t32 d1 k2 rg4 (+ ws / p2 for the specialised / paired kernels)."""
+    return (f"w{cfg.warps_per_cta} t{cfg.tokens} d{cfg.depth} k{cfg.k_splits} rg{cfg.row_groups}"
+            + (" ws" if cfg.specialized else "") + (" p2" if cfg.strip_pairs else ""))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--db", required=True, help="tuning database folder to take winners from")
@@ -48,33 +84,9 @@ def main():
     warps = [int(v) for v in args.warps.split(",")]
     depths = [int(v) for v in args.depths.split(",")]
     splits = [int(v) for v in args.splits.split(",")]
-    index = db.winners(db.read_records([args.db]))  # every record: headers are not checked
-    print(header("the warp-specialised kernel against the database's winners "
-                 "(benchmarks/specialized_ab.py)"))
-    print("| layer | M | cuBLAS µs | winner µs | best specialised µs | specialised / winner "
-          "| vs cuBLAS (winner → best) | best specialised config | all specialised µs |")
-    print("|---" * 9 + "|")
-    warm_up_gpu()
-    rows = []
-    for layer, n, k, m, cfg, source, ws, cts, xs, t_cublas in winner_cells(index, args.models,
-                                                                           args.ms):
-        t_winner = checked_fused_time_us(cfg, xs, ws, cts)
-        times = {alt: checked_fused_time_us(alt, xs, ws, cts)
-                 for alt in specialized_grid(m, warps, depths, splits)}
-        best = min(times, key=times.get)
-        t_best = min(t_winner, times[best])
-        rows.append(dict(layer=layer, n=n, k=k, m=m, cublas_us=t_cublas,
-                         winner=cfg.as_dict(), winner_source=source, winner_us=t_winner,
-                         specialized=[dict(config=c.as_dict(), us=t) for c, t in times.items()]))
-        alls = ", ".join(f"w{c.warps_per_cta}d{c.depth}k{c.k_splits} {t:.1f}"
-                         for c, t in times.items())
-        print(f"| {layer} | {m} | {t_cublas:.1f} | {t_winner:.1f} | {times[best]:.1f} | "
-              f"{t_winner / times[best]:.3f} | {t_cublas / t_winner:.3f} → "
-              f"{t_cublas / t_best:.3f} | w{best.warps_per_cta} t{best.tokens} "
-              f"d{best.depth} k{best.k_splits} | {alls} |", flush=True)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(rows, f, indent=1)
+    variant_table(args, "the warp-specialised kernel against the database's winners "
+                  "(benchmarks/specialized_ab.py)", "specialised",
+                  lambda m, winner: specialized_grid(m, warps, depths, splits))
 
 
 if __name__ == "__main__":

@@ -3,10 +3,12 @@ verified, then timed, and recorded in the tuning database like any trial), for s
 the 64-row tiles leave SMs idle, and print each study's winner before and after.
 
     ZIPGEN_TUNING_DB=DIR python benchmarks/split_sweep.py [--splits 5,6,7,8] [--ms 16,32]
-        [--shapes 6144x4096,4096x4096,...] [--budget-s 150] [--specialized 12,16,20]
+        [--shapes 6144x4096,4096x4096,...] [--budget-s 150] [--specialized 12,16,20] [--pairs]
 
 --specialized W,... measures the warp-specialised kernel instead (ZipGemmConfig.specialized:
-W warps, load depth 1, each of --splits), to add its records to a database without a re-tune.
+W warps, load depth 1, each of --splits), to add its records to a database without a re-tune;
+--pairs measures the paired-strip kernel (ZipGemmConfig.strip_pairs: 4 / 8 / 16 warps, 1 / 2 / 4
+row groups, depth 1 / 2, at M <= 16).
 
 The tuner's own search (`zipgen tune`) samples k_splits from zipgen.tune.space.VALUES; this
 script tries values outside it, on chosen shapes, to decide whether they belong there.
@@ -23,6 +25,7 @@ from zipgen.tune.db import write_folder
 from zipgen.tune.search import Options, Target, Tuner
 from zipgen.tune.worker import Worker
 
+from pairs_ab import paired_grid
 from specialized_ab import specialized_grid
 
 # the layers with the fewest 64-row tiles for 132 SMs (8B o and down: 64, qkv: 96, 70B qkv: 160)
@@ -30,9 +33,14 @@ SHAPES = {"8B qkv": (6144, 4096), "8B o": (4096, 4096), "8B down": (4096, 14336)
           "8B gate_up": (28672, 4096), "70B qkv": (10240, 8192)}
 
 
-def grid(splits, m_bucket, specialized=()):
+def grid(splits, m_bucket, specialized=(), pairs=False):
     """wgmma configurations: warps 4 / 8 / 16, depth 1-2, the token tiles that cover M; or
-    the specialized kernel's with `specialized` warps, depth 1."""
+    the specialized kernel's with `specialized` warps, depth 1; or (pairs) the paired-strip
+    kernel's."""
+    if pairs:
+        if m_bucket <= 16:
+            yield from paired_grid(m_bucket, ZipGemmConfig(), (4, 8, 16), (1, 2, 4), (1, 2))
+        return
     tiles = [t for t in (1, 2, 4, 8, 16) if 8 * t >= m_bucket][:1]
     if specialized:
         if tiles:  # M <= 128, as for the wgmma grid
@@ -50,6 +58,7 @@ def main():
     ap.add_argument("--shapes", default=",".join(f"{n}x{k}" for n, k in SHAPES.values()))
     ap.add_argument("--budget-s", type=float, default=150.0)
     ap.add_argument("--specialized", default="", help="warp counts of the specialized kernel")
+    ap.add_argument("--pairs", action="store_true", help="the paired-strip kernel's grid")
     args = ap.parse_args()
     splits = [int(v) for v in args.splits.split(",")]
     specialized = [int(v) for v in args.specialized.split(",") if v]
@@ -65,7 +74,7 @@ def main():
     started, rows = time.monotonic(), []
     try:
         for (n, k), m in itertools.product(shapes, ms):
-            for cfg in grid(splits, m, specialized):
+            for cfg in grid(splits, m, specialized, args.pairs):
                 if time.monotonic() - started > args.budget_s:
                     break
                 tuner.evaluate("zipgemm", n, k, m, cfg)
@@ -73,7 +82,7 @@ def main():
     finally:
         tuner.measurer().close()
     after = winners(tuner.records, "zipgemm")
-    what = f"specialized {specialized}, " if specialized else ""
+    what = (f"specialized {specialized}, " if specialized else "") + ("strip pairs, " if args.pairs else "")
     print(f"# split_sweep on {target.device_name}: {what}k_splits {splits}, {db.folder}")
     print("| layer | M | winner before µs | after µs | gain | new winner |")
     print("|---|---|---|---|---|---|")

@@ -555,3 +555,55 @@ def test_specialized_kernels_compile_without_spills_or_serialized_wgmmas(cfg):
     built = compile_cubin(rendered.source, rendered.arch, options=("-Xptxas=-v",),
                           include_dirs=(include_dir(),))
     assert " 0 bytes spill stores" in built.log and "C7515" not in built.log, built.log[-2000:]
+
+
+def test_strip_pairs_configs_names_shared_memory_and_register_cap():
+    from zipgen.codegen import ZipGemmConfig, render
+    cfg = ZipGemmConfig(16, 1, 1, 1, strip_pairs=True)
+    assert not cfg.problems(arch_traits("sm_80"))
+    assert cfg.kernel_name(arch_traits("sm_80")).endswith("_w16_d1_p2")
+    assert cfg.smem_bytes == 16 * 2 * 32 * 80  # two strips' slices per warp
+    assert cfg.min_ctas == 2 and ZipGemmConfig(8, 1, 1, 2, strip_pairs=True).min_ctas == 4
+    assert ZipGemmConfig(8, 1, 2, 2, strip_pairs=True).min_ctas is None  # depth 2: 80+ registers
+    src = render("zipgemm", "sm_80", cfg).source
+    assert "zipgemm_pairs<16, 1, 1, 1>" in src and "__launch_bounds__(512, 2)" in src
+    assert "paired_kernel.cuh" in src and "zipgemm_rows" not in src
+    # everything else renders as before: no launch-bounds minimum, no paired header
+    plain = render("zipgemm", "sm_80", ZipGemmConfig(16, 1, 1, 1)).source
+    assert "__launch_bounds__(512)" in plain and "paired_kernel" not in plain
+    for other in (ZipGemmConfig(8, 1, 1, 1, True, strip_pairs=True),
+                  ZipGemmConfig(8, 1, 1, 1, row_strips=2, strip_pairs=True),
+                  ZipGemmConfig(16, 4, 1, 4, True, 1, True, strip_pairs=True),
+                  ZipGemmConfig(8, 1, 1, 1, strip_pairs=1)):
+        assert any("strip_pairs" in p for p in other.problems(arch_traits("sm_90"))), other
+
+
+@pytest.mark.parametrize("arch", ["sm_80", "sm_86", "sm_89", "sm_90"])
+@pytest.mark.parametrize("fields", [(8, 1, 1, 2), (16, 1, 1, 1), (4, 1, 1, 1), (8, 2, 1, 2),
+                                    (16, 1, 3, 4)])
+def test_strip_pairs_kernels_compile_without_spills(arch, fields):
+    """Depth 1 with one token tile within 64 registers (the cap keeps 32 warps per SM)."""
+    from zipgen.codegen import ZipGemmConfig, render
+    from zipgen.codegen.build import include_dir
+    from zipgen.compile.nvrtc import compile_cubin
+    cfg = ZipGemmConfig(*fields, strip_pairs=True)
+    rendered = render("zipgemm", arch, cfg)
+    built = compile_cubin(rendered.source, rendered.arch, options=("-Xptxas=-v",),
+                          include_dirs=(include_dir(),))
+    assert " 0 bytes spill stores" in built.log and " 0 bytes stack frame" in built.log, \
+        built.log[-2000:]
+    if cfg.min_ctas:
+        used = int(re.search(r"Used (\d+) registers", built.log).group(1))
+        assert used <= 64, built.log[-2000:]
+
+
+def test_strip_pairs_cut_the_main_loop():
+    """Paired strips share the offsets, the entry-word load, the patch pass and the loop
+    control: 190-192 static instructions per strip at depth 1 against 208-211 (NVRTC 13.5)."""
+    for fields in [(8, 1, 1, 2), (16, 1, 1, 1), (4, 1, 1, 1)]:
+        _, single, n_single = _sm90_main_loop(fields)
+        kernel, paired, n_paired = _sm90_main_loop(fields + (False, 1, False, 1, 1, False, True))
+        assert sum(op.lstrip("@").startswith("HMMA") for _, op, _ in paired) >= 4 * n_paired
+        per_strip = len(paired) / n_paired
+        assert per_strip <= 196 and per_strip < len(single) / n_single - 10, (
+            kernel.kernel_name, per_strip, len(single) / n_single)

@@ -183,8 +183,13 @@ def test_tpe_sets_the_fields_that_the_sampled_ones_determine(tmp_path, built):
     (_, _, _, study), = t.studies
     wgmma = [tr for tr in study.trials if tr.params.get("wgmma")]
     sampled = {"wgmma", "token_tiles", "warps_per_cta", "depth", "k_splits"}
-    # warp specialisation is sampled where the fields before it leave both values valid
-    assert wgmma and all(sampled <= set(tr.params) <= sampled | {"specialized"} for tr in wgmma)
+    # warp specialisation is sampled where the fields before it leave both values valid; paired
+    # strips (direct activations only) are set to False, except in proposals already outside
+    # the space, which sample every later field
+    assert wgmma and all(sampled <= set(tr.params) <= sampled | {"specialized", "strip_pairs"}
+                         for tr in wgmma)
+    assert all("strip_pairs" not in tr.params for tr in wgmma
+               if tr.user_attrs.get("status") != "constraint")
     assert any("specialized" in tr.params for tr in wgmma)
     # split-K is searched on the wgmma path only: elsewhere k_splits is set to 1, not sampled
     # (a proposal already outside the space samples every later field)

@@ -99,6 +99,11 @@ class ZipGemmConfig(_Config):
     # at 64 / 128 tokens, where the other variants wait for each strip's wgmmas. With k_splits,
     # each CTA of a tile takes a contiguous share of K
     specialized: bool = False
+    # K strips in pairs (direct activations, mma.sync; paired_kernel.cuh): a warp's unit is two
+    # adjacent K strips of its row, whose fallback records are contiguous, so one entry-word
+    # load and one patch pass serve both; offsets, address arithmetic, __syncwarps and loop
+    # control are paid once per 128 columns (the M = 1 kernels are nearly issue-bound)
+    strip_pairs: bool = False
 
     op = "zipgemm"
     template = "zipgemm.cu.j2"
@@ -149,6 +154,13 @@ class ZipGemmConfig(_Config):
                     and self.row_strips == 1 and self.x_strips == 1):
                 out.append("specialized=True needs wgmma=True, stage_x=True, row_groups=4, "
                            "row_strips=1 and x_strips=1 (one multiplying warpgroup of 64 rows)")
+        if not isinstance(self.strip_pairs, bool):
+            out.append(f"strip_pairs={self.strip_pairs!r} is not a bool")
+        elif self.strip_pairs and not (self.stage_x is False and self.wgmma is False
+                                       and self.specialized is False and self.row_strips == 1
+                                       and self.x_strips == 1 and self.k_splits == 1):
+            out.append("strip_pairs=True needs stage_x=False, wgmma=False, specialized=False, "
+                       "row_strips=1, x_strips=1 and k_splits=1 (the direct mma.sync path)")
         if not out and self.smem_bytes > arch.max_smem_per_block:
             out.append(f"{self.smem_bytes} B of shared memory exceed {arch.name}'s "
                        f"{arch.max_smem_per_block} B")
@@ -178,10 +190,11 @@ class ZipGemmConfig(_Config):
             x_stage = self.token_tiles * 8 * 128
             a_stage = 4 * 32 * 80
             return 1024 + self.stages * (x_stage + a_stage + 16)
-        # per warp (zipgemm_kernel.cuh): 32 lanes x 80 B of staged registers; then, stage_x,
+        # per warp (zipgemm_kernel.cuh): 32 lanes x 80 B of staged registers (strip_pairs: two
+        # strips' worth, paired_kernel.cuh); then, stage_x,
         # per K slice a double buffer of staged activations (8 rows at a pitch of 144 B per
         # token tile)
-        tiles = self.warps_per_cta * 32 * 80
+        tiles = self.warps_per_cta * 32 * 80 * (2 if self.strip_pairs else 1)
         if self.stage_x:
             pitch = 128 if self.wgmma else 144  # wgmma: 128-byte swizzle atoms, 1024-aligned
             tiles += (self.warps_per_cta // self.row_groups * 2 * self.x_strips
@@ -200,7 +213,17 @@ class ZipGemmConfig(_Config):
                 + ("_wg" if self.wgmma else "")
                 + (f"_x{self.x_strips}" if self.x_strips > 1 else "")
                 + (f"_k{self.k_splits}" if self.k_splits > 1 else "")
-                + ("_ws" if self.specialized else ""))
+                + ("_ws" if self.specialized else "")
+                + ("_p2" if self.strip_pairs else ""))
+
+    @property
+    def min_ctas(self) -> int | None:
+        """__launch_bounds__' second argument, or None. Paired strips at depth 1 and one token
+        tile fit in 64 registers, but ptxas's heuristics gave 64-69 depending on the warp
+        count: 66 at 16 warps would leave one CTA per SM instead of two."""
+        if self.strip_pairs and self.token_tiles == 1 and self.depth == 1:
+            return 1024 // self.threads  # 64 registers
+        return None
 
     @property
     def rows(self) -> int:

@@ -22,7 +22,7 @@ from .space import Space, planned_trials
 # The order TPE samples a config's fields in: those that constrain the others first.
 FIELD_ORDER = {"zipgemm": ("wgmma", "row_strips", "stage_x", "x_strips", "row_groups",
                            "token_tiles", "warps_per_cta", "depth", "k_splits",
-                           "specialized"),
+                           "specialized", "strip_pairs"),
                "decode": ("warps_per_cta", "strips_per_warp")}
 # Proposals per trial of the budget at most (constraint-pruned ones included), so that a study
 # ends even if the sampler keeps proposing configs outside the space.

@@ -18,7 +18,8 @@ VALUES: dict[str, dict[str, tuple]] = {
                 "row_strips": (1, 2), "wgmma": (False, True), "x_strips": (1, 2, 4),
                 # k_splits 5-8 are valid kernels but lost every one of 360 trials on the layers
                 # with the fewest tiles (benchmarks/results/split-k-5-8-s12-h200-2026-11-28.md)
-                "k_splits": (1, 2, 3, 4), "specialized": (False, True)},
+                "k_splits": (1, 2, 3, 4), "specialized": (False, True),
+                "strip_pairs": (False, True)},
     "decode": {"warps_per_cta": (1, 2, 4, 8, 16), "strips_per_warp": (1, 2, 4, 8)},
 }
 

@@ -1,0 +1,57 @@
+"""ZipGEMM with K strips in pairs (ZipGemmConfig.strip_pairs) against the tuning database's
+winners: per layer and M, the winner, its paired twin (where the winner is on the direct
+mma.sync path), a small grid of paired configurations, and cuBLAS, timed in one process.
+
+    python benchmarks/pairs_ab.py --db tuning_db [--models 8b,70b] [--ms 1,8]
+                                  [--warps 4,8,16] [--row-groups 1,2] [--depths 1,2] [--json out.json]
+
+Same method as benchmarks/gemm.py (CUDA graphs, weights rotated past L2, medians; every config
+is checked against FP32 first). The winners' kernels are unchanged in this tree (the paired
+kernel has its own header), so their records' times and these are comparable.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import itertools
+
+from zipgen.codegen import ZipGemmConfig, arch_traits
+
+from specialized_ab import variant_table
+
+
+def paired_grid(m: int, winner, warps, row_groups, depths):
+    """The winner's paired twin, then warps x row groups x depths with the token tiles that
+    cover M (up to 16 tokens: the direct path), each valid on the GPU's arch."""
+    arch = arch_traits("sm_90")
+    seen = []
+    twin = dataclasses.replace(winner, strip_pairs=True)
+    if not twin.problems(arch):
+        seen.append(twin)
+    tiles = next(t for t in (1, 2) if 8 * t >= min(m, 16))
+    for w, rg, d in itertools.product(warps, row_groups, depths):
+        cfg = ZipGemmConfig(w, tiles, d, rg, strip_pairs=True)
+        if cfg not in seen and not cfg.problems(arch):
+            seen.append(cfg)
+    return seen
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--db", required=True, help="tuning database folder to take winners from")
+    ap.add_argument("--models", default="8b,70b")
+    ap.add_argument("--ms", default="1,8")
+    ap.add_argument("--warps", default="4,8,16")
+    ap.add_argument("--row-groups", default="1,2")
+    ap.add_argument("--depths", default="1,2")
+    ap.add_argument("--json")
+    args = ap.parse_args()
+    warps, row_groups, depths = ([int(v) for v in s.split(",")]
+                                 for s in (args.warps, args.row_groups, args.depths))
+    variant_table(args, "K strips in pairs against the database's winners "
+                  "(benchmarks/pairs_ab.py)", "paired",
+                  lambda m, winner: paired_grid(m, winner, warps, row_groups, depths))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,242 @@
+// ZipGEMM with K strips taken in pairs (ZipGemmConfig.strip_pairs; direct activations, mma.sync).
+//
+// As zipgemm_rows (zipgemm_kernel.cuh) with one strip row per warp and direct activations, but a
+// warp's unit of work is two adjacent K strips of its row (128 columns), not one strip. Their
+// fallback records are contiguous in the entry stream (FORMAT.md §5: records in strip order), so
+// one entry-word load and one patch pass serve both strips: the warp's lanes take the unit's
+// records one each, from the same 32 prefetched words, in one round, or two past 32 records
+// (a trained pair has ~34). The offsets, the patch's address arithmetic, the __syncwarps and the
+// loop control are paid once per 128 columns. The compressed words still go through a ring of
+// single strips, kDepth ahead, so registers stay as in zipgemm_rows at the same depth.
+//
+// A row's strips 2u, 2u + 1 (both 64 full columns) are unit u; the warps of K slice s take units
+// s, s + kWarpsK, ... The strips left over (the last of an odd count, and a ragged last strip)
+// go one at a time after the loop, through zipgemm_rows' strip step, to the warp whose turn the
+// next unit would have been. Sums: each warp in K order, the slices in a fixed order at the end:
+// deterministic.
+#pragma once
+#include <zipgen/zipgemm_kernel.cuh>
+
+namespace zipgen {
+
+// Records 0 .. kWindowRecords - 1 of a unit lie wholly inside the 32 words each lane's entry
+// word makes up (the first record starts at bit skip <= 31 of word 0, 18 bits each:
+// 31 + 18 * 55 <= 1024).
+constexpr int kWindowRecords = 55;
+
+// Where a unit's strips start in the fallback stream: its first strip's first record, its
+// second strip's first, and the next unit's first.
+struct PairOffsets {
+  int first, second, end;
+};
+
+// What the patch of a unit needs: its offsets and this lane's entry word (word `lane` of the
+// entry stream from the one holding the unit's first record), loaded about a unit ahead.
+struct PairEntries {
+  PairOffsets at;
+  unsigned entry_word;
+};
+// Decode one strip (pair 15 first, as zipgemm_rows does) into this lane's shared slice.
+__device__ __forceinline__ void decode_to_slice(const LaneStrip& data, unsigned lane_tile,
+                                                unsigned base_pair) {
+  const CodeWords codes = code_words(data);
+  unsigned regs[16];
+#pragma unroll
+  for (int i = 0; i < 16; ++i) {
+    const int r = (i + 15) % 16;
+    regs[r] = decode_pair(data, codes, r, base_pair);
+  }
+#pragma unroll
+  for (int t = 0; t < 4; ++t)
+    st_shared_v4(lane_tile + 16 * t, regs[4 * t], regs[4 * t + 1], regs[4 * t + 2], regs[4 * t + 3]);
+}
+
+// The unit's records, patched by the whole warp into the slices of its two strips (tile0 /
+// tile1: lane 0's slice of each): record j belongs to the first strip for j < split. Lane l
+// takes records l and, past 32, 32 + l from the prefetched words; past kWindowRecords (rare),
+// further rounds read them from global memory (warp-uniform).
+__device__ __forceinline__ void patch_pair(const PairEntries& in, unsigned tile0, unsigned tile1,
+                                           unsigned base_field, const GemmArgs& a, int lane) {
+  const int skip = EntrySource::skip(in.at.first);
+  const int count = in.at.end - in.at.first, split = in.at.second - in.at.first;
+  {
+    const int bit = skip + kEntryBits * lane;
+    const unsigned lo = __shfl_sync(0xFFFFFFFFu, in.entry_word, bit >> 5);
+    const unsigned hi = __shfl_sync(0xFFFFFFFFu, in.entry_word, (bit >> 5) + 1);
+    if (lane < count)
+      xor_entry(__funnelshift_r(lo, hi, bit & 31), lane < split ? tile0 : tile1, base_field);
+  }
+  if (count > 32) {
+    // lanes past record 54 compute word numbers past 31; the shuffles wrap them and the records
+    // are not used. A record inside the window needs `hi` only if it crosses into a word < 32.
+    const int j = 32 + lane;
+    const int bit = skip + kEntryBits * j;
+    const unsigned lo = __shfl_sync(0xFFFFFFFFu, in.entry_word, (bit >> 5) & 31);
+    const unsigned hi = __shfl_sync(0xFFFFFFFFu, in.entry_word, ((bit >> 5) + 1) & 31);
+    if (j < count && j < kWindowRecords)
+      xor_entry(__funnelshift_r(lo, hi, bit & 31), j < split ? tile0 : tile1, base_field);
+    if (count > kWindowRecords) {
+      for (int r = kWindowRecords + lane; r - lane < count; r += 32)
+        if (r < count)
+          xor_entry(entry_at(a.fallback_entries, in.at.first + r), r < split ? tile0 : tile1,
+                    base_field);
+    }
+  }
+}
+
+template <int kWarps, int kRowGroups, int kTokenTiles, int kDepth>
+__device__ __forceinline__ void zipgemm_pairs(const GemmArgs& a, unsigned char* smem) {
+  constexpr int kWarpsK = kWarps / kRowGroups;  // warps sharing a strip row split its units
+  constexpr int kTokens = kTokenTiles * 8;
+  constexpr int kBuffers = kDepth + 1;          // strips loaded ahead + the one being decoded
+  // units per loop body: 2 kUnits strips, a multiple of kBuffers, so ring slots are constants
+  constexpr int kUnits = kBuffers % 2 == 0 ? kBuffers / 2 : kBuffers;
+  const int lane = threadIdx.x & 31;
+  const int warp = threadIdx.x >> 5;
+  const int g = lane >> 2, q = lane & 3;
+  const int member = warp % kRowGroups, slice = warp / kRowGroups;
+  // a strip row past N (last CTA) redoes the last one; its sums are never stored
+  const int strip_row = min(static_cast<int>(blockIdx.x) * kRowGroups + member, (a.n - 1) / kStripRows);
+  const int tok0 = blockIdx.y * kTokens;
+  const int whole = a.strips_per_row_group - ((a.k & 63) != 0);  // strips of 64 columns
+  const int units = whole / 2;
+  const int count = slice < units ? (units - 1 - slice) / kWarpsK + 1 : 0;
+  unsigned row_first = static_cast<unsigned>(strip_row) * a.strips_per_row_group;
+  // Strip h (a constant) of the warp's unit i: loads past the warp's last unit re-read it
+  // (clamped index) instead of branching.
+  unsigned first_strip = row_first + 2u * static_cast<unsigned>(slice);
+  const auto strip_at = [&](int i, int h) {
+    return first_strip + static_cast<unsigned>(min(i, count - 1)) * (2 * kWarpsK) + h;
+  };
+  LaneStreams streams(a, lane);
+  EntrySource entry_source(a, lane);  // not const: pin() rewrites its members
+  // Unit i's patch input, from its first offset (loaded a unit earlier, so that the entry word's
+  // address is known): the entry word and the other two offsets, loaded together.
+  const auto entries_of = [&](int i, int first) {
+    const unsigned s = strip_at(i, 0);
+    return PairEntries{{first, streams.offset(s + 1), streams.offset(s + 2)},
+                       entry_source.load(first)};
+  };
+  // this lane's token rows (l >> 2 of each token tile; rows past M read row M - 1)
+  const unsigned short* x_rows[kTokenTiles];
+#pragma unroll
+  for (int nt = 0; nt < kTokenTiles; ++nt)
+    x_rows[nt] = a.x + static_cast<long long>(min(tok0 + nt * 8 + g, a.m - 1)) * a.k;
+  // lane 0's slice of the warp's two strip tiles, and this lane's
+  const unsigned tile = shared_address(smem + warp * 2 * kWarpTileBytes);
+  unsigned lane_tile = tile + lane * kLaneStageBytes;
+  unsigned base_pair = base_pair_of(a.base);
+
+  float acc[kTokenTiles][4];
+#pragma unroll
+  for (int t = 0; t < kTokenTiles; ++t) acc[t][0] = acc[t][1] = acc[t][2] = acc[t][3] = 0.f;
+
+  LaneStrip ring[kBuffers];  // the warp's strip t (strip t % 2 of unit t / 2) in ring[t % kBuffers]
+  PairEntries entries{};  // the current unit's; the next unit's are loaded after its patch,
+  int ahead = 0;          // from the next unit's first offset, loaded a unit before
+  if (count > 0) {
+#pragma unroll
+    for (int d = 0; d < kDepth; ++d) ring[d] = streams.load(strip_at(d / 2, d % 2));
+    entries = entries_of(0, streams.offset(strip_at(0, 0)));
+    ahead = streams.offset(strip_at(1, 0));
+  }
+  for (int i0 = 0; i0 < count; i0 += kUnits) {
+    pin(lane_tile);
+    pin(streams.sign_mantissa);
+    pin(streams.planes);
+    pin(streams.offsets);
+    pin(base_pair);
+    pin(entry_source.lane_words);
+    pin(entry_source.last);
+    pin(first_strip);
+#pragma unroll
+    for (int u = 0; u < kUnits; ++u) {
+      const int i = i0 + u;
+      if (i >= count) break;  // warp-uniform
+      const unsigned column = (first_strip - row_first + static_cast<unsigned>(i) * (2 * kWarpsK)) * kStripCols;
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int t = 2 * u + h;  // the warp's strip 2 i + h, modulo the ring
+        const int ahead_t = t + kDepth;
+        ring[ahead_t % kBuffers] = streams.load(strip_at(i + (h + kDepth) / 2, ahead_t % 2));
+        decode_to_slice(ring[t % kBuffers], lane_tile + h * kWarpTileBytes, base_pair);
+      }
+      // both strips' B fragments (L1 hits mostly: every warp of the CTA reads the same rows),
+      // in flight during the patch; loaded earlier they cost registers during the decode
+      unsigned bf[2][kTokenTiles][4][2];
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const unsigned short* rows[kTokenTiles];
+#pragma unroll
+        for (int nt = 0; nt < kTokenTiles; ++nt) rows[nt] = x_rows[nt] + column + h * kStripCols;
+        direct_fragments<kTokenTiles, false>(bf[h], rows, 0, lane);
+      }
+      __syncwarp();  // every lane's decoded registers are in its slices
+      patch_pair(entries, tile, tile + kWarpTileBytes, base_pair & 0x7F80u, a, lane);
+      entries = entries_of(i + 1, ahead);
+      ahead = streams.offset(strip_at(i + 2, 0));
+      __syncwarp();  // the patches are visible to their owners
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+#pragma unroll
+        for (int t = 0; t < 4; ++t) {
+          const uint4 v = ld_shared_v4(lane_tile + h * kWarpTileBytes + 16 * t);
+          const unsigned af[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+          for (int nt = 0; nt < kTokenTiles; ++nt)
+            mma_bf16_16816(acc[nt], af, bf[h][nt][t][0], bf[h][nt][t][1]);
+        }
+      }
+    }
+  }
+  if (slice == units % kWarpsK) {  // the row's strips past its last unit: 0, 1 or 2
+    for (int s = 2 * units; s < a.strips_per_row_group; ++s) {
+      const unsigned strip = row_first + static_cast<unsigned>(s);
+      StripInput in;
+      in.data = streams.load(strip);
+      const int offset = streams.offset(strip);
+      in.entry_word = entry_source.load(offset);
+      in.skip = EntrySource::skip(offset);
+      in.count = streams.offset(strip + 1) - offset;
+      const unsigned short* rows[kTokenTiles];
+#pragma unroll
+      for (int nt = 0; nt < kTokenTiles; ++nt) rows[nt] = x_rows[nt] + s * kStripCols;
+      unsigned bf[kTokenTiles][4][2];
+      direct_fragments<kTokenTiles, true>(bf, rows, a.k - s * kStripCols, lane);
+      unsigned af[4][4] = {};  // wgmma only
+      multiply_strip<kTokenTiles, false, true, false>(acc, in, bf, true, true, NoStaging{}, 0,
+                                                      NoCopy{}, base_pair, lane_tile, a, offset,
+                                                      af, true);
+    }
+  }
+
+  // Sum each strip row's K-slice partials in slice order and write BF16 rows of y, as
+  // zipgemm_rows does with one strip row per warp and no split-K: token t's partial of row rr of
+  // warp w at t * kPitch + 16 w + rr (a pitch of 4 mod 8 words: no bank conflicts).
+  __syncthreads();
+  constexpr int kPitch = kWarps * kStripRows + 4;
+  float* partial = reinterpret_cast<float*>(smem);
+#pragma unroll
+  for (int nt = 0; nt < kTokenTiles; ++nt) {
+    float* p = partial + (nt * 8 + 2 * q) * kPitch + warp * kStripRows + g;
+    p[0] = acc[nt][0];
+    p[kPitch] = acc[nt][1];
+    p[8] = acc[nt][2];
+    p[kPitch + 8] = acc[nt][3];
+  }
+  __syncthreads();
+  constexpr int kRows = kRowGroups * kStripRows;
+  for (int i = threadIdx.x; i < kRows * kTokens; i += kWarps * 32) {
+    const int r = i % kRows, t = i / kRows;  // consecutive threads: consecutive rows
+    const int row = blockIdx.x * kRows + r, tok = tok0 + t;
+    if (row >= a.n || tok >= a.m) continue;
+    float sum = 0.f;
+#pragma unroll
+    for (int k = 0; k < kWarpsK; ++k)  // warps member + k kRowGroups hold CTA strip row r / 16
+      sum += partial[t * kPitch + (r / kStripRows + k * kRowGroups) * kStripRows + r % kStripRows];
+    if (a.bias) sum += bf16_bits_to_float(a.bias[row]);
+    a.y[static_cast<long long>(tok) * a.n + row] = float_to_bf16_bits(sum);
+  }
+}
+
+}  // namespace zipgen
