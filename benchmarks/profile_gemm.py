@@ -3,7 +3,7 @@
         python benchmarks/profile_gemm.py [--fields F] N K M W T D RG SX RS WG [W T D RG SX RS WG ...]
 (W T D RG SX RS WG: warps_per_cta token_tiles depth row_groups stage_x row_strips wgmma, the
 bools as 0/1; wgmma configurations need an sm_90 GPU. --fields 10 adds x_strips, k_splits and
-specialized to each configuration.)"""
+specialized to each configuration, --fields 11 strip_pairs too.)"""
 import sys
 
 import torch
