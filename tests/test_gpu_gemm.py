@@ -77,6 +77,27 @@ def check_fused(cfg, m, n=300, k=1608, seed=0):
     assert_close(out, reference(x, w))
 
 
+def check_selected_columns(cfg, w, ct, cols):
+    """Token t of x one-hot at column cols[t]: y[t] must be W[:, cols[t]] bit for bit (one
+    product per output, so any decode or patch error shows)."""
+    x = torch.zeros(cols.numel(), w.shape[1], device="cuda", dtype=torch.bfloat16)
+    x[torch.arange(cols.numel(), device="cuda"), cols] = 1.0
+    y = gemm(x, ct, config=cfg, fused=True)
+    assert torch.equal(bits_of(y), bits_of(w[:, cols].t().contiguous()))
+
+
+def check_bias_and_determinism(cfg, m, n=4096, k=4096):
+    """An N x K weight with bias against FP32, then five more calls with identical bits (the
+    kernel's summation order is fixed)."""
+    w, ct = make(n, k)
+    bias = (torch.randn(n, device="cuda") * 0.1).to(torch.bfloat16)
+    x = activations(m, k)
+    y = gemm(x, ct, bias, config=cfg, fused=True)
+    assert_close(y, reference(x, w, bias))
+    for _ in range(5):
+        assert torch.equal(bits_of(gemm(x, ct, bias, config=cfg, fused=True)), bits_of(y))
+
+
 def check_graph_replays(cfg, m, seeds, n=1024, k=2048):
     """A captured fused launch, replayed with new activations each time (split-K's counters
     must be back at 0 after each launch)."""

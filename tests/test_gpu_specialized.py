@@ -9,9 +9,10 @@ import torch
 from zipgen.codegen import ZipGemmConfig, arch_traits
 from zipgen.runtime import gemm
 
-from conftest import bits_of, requires_gpu
-from test_gpu_gemm import (activations, assert_close, check_fused, check_graph_replays,
-                           fallback_heavy, make, reference)
+from conftest import requires_gpu
+from test_gpu_gemm import (activations, assert_close, check_bias_and_determinism, check_fused,
+                           check_graph_replays, check_selected_columns, fallback_heavy, make,
+                           reference)
 from test_gpu_wgmma import hopper_only
 
 pytestmark = [pytest.mark.gpu, requires_gpu]
@@ -53,11 +54,7 @@ def test_selected_columns_are_the_weights_bit_for_bit(cfg):
     n, k = 512, 4096
     w, ct = make(n, k, seed=7)
     m = 8 * cfg.token_tiles * 3  # three CTAs along M
-    cols = (torch.arange(m, device="cuda") * 61) % k
-    x = torch.zeros(m, k, device="cuda", dtype=torch.bfloat16)
-    x[torch.arange(m, device="cuda"), cols] = 1.0
-    y = gemm(x, ct, config=cfg, fused=True)
-    assert torch.equal(bits_of(y), bits_of(w[:, cols].t().contiguous()))
+    check_selected_columns(cfg, w, ct, (torch.arange(m, device="cuda") * 61) % k)
 
 
 @hopper_only
@@ -75,13 +72,7 @@ def test_fewer_strips_than_decoding_groups(k, cfg):
 @hopper_only
 @pytest.mark.parametrize("cfg", [CONFIGS[6], CONFIGS[11]], ids=["w16t128", "w16t128k2"])
 def test_llama_shape_bias_and_determinism(cfg):
-    w, ct = make(4096, 4096)
-    bias = (torch.randn(4096, device="cuda") * 0.1).to(torch.bfloat16)
-    x = activations(128, 4096)
-    y = gemm(x, ct, bias, config=cfg, fused=True)
-    assert_close(y, reference(x, w, bias))
-    for _ in range(5):  # K order, then split order: bit-identical run to run
-        assert torch.equal(bits_of(gemm(x, ct, bias, config=cfg, fused=True)), bits_of(y))
+    check_bias_and_determinism(cfg, 128)  # K order, then split order
 
 
 @hopper_only

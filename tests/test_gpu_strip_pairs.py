@@ -10,9 +10,10 @@ import torch
 from zipgen.codegen import ZipGemmConfig, arch_traits
 from zipgen.runtime import gemm
 
-from conftest import bits_of, requires_gpu
-from test_gpu_gemm import (activations, assert_close, check_fused, check_graph_replays,
-                           fallback_heavy, make, reference)
+from conftest import requires_gpu
+from test_gpu_gemm import (activations, assert_close, check_bias_and_determinism, check_fused,
+                           check_graph_replays, check_selected_columns, fallback_heavy, make,
+                           reference)
 
 pytestmark = [pytest.mark.gpu, requires_gpu]
 
@@ -74,11 +75,7 @@ def test_selected_columns_are_the_weights_bit_for_bit(cfg):
     records = unit_records(ct, n, k)
     assert (records > 32).any() and (records <= 32).any(), records.float().mean()
     m = 8 * cfg.token_tiles * 3  # three CTAs along M
-    cols = (torch.arange(m, device="cuda") * 61) % k
-    x = torch.zeros(m, k, device="cuda", dtype=torch.bfloat16)
-    x[torch.arange(m, device="cuda"), cols] = 1.0
-    y = gemm(x, ct, config=cfg, fused=True)
-    assert torch.equal(bits_of(y), bits_of(w[:, cols].t().contiguous()))
+    check_selected_columns(cfg, w, ct, (torch.arange(m, device="cuda") * 61) % k)
 
 
 @pytest.mark.parametrize("cfg", [CONFIGS[0], CONFIGS[5]], ids=_name)
@@ -91,22 +88,11 @@ def test_fallback_heavy_weights(cfg):
         x = activations(m, 2048)
         assert_close(gemm(x, ct, config=cfg, fused=True), reference(x, w))
     # one-hot activations: exact, whichever round patched the element
-    cols = torch.arange(0, 2048, 97, device="cuda")
-    x = torch.zeros(cols.numel(), 2048, device="cuda", dtype=torch.bfloat16)
-    x[torch.arange(cols.numel(), device="cuda"), cols] = 1.0
-    y = gemm(x, ct, config=cfg, fused=True)
-    assert torch.equal(bits_of(y), bits_of(w[:, cols].t().contiguous()))
+    check_selected_columns(cfg, w, ct, torch.arange(0, 2048, 97, device="cuda"))
 
 
 def test_llama_shape_bias_and_determinism():
-    cfg = CONFIGS[1]
-    w, ct = make(4096, 4096)
-    bias = (torch.randn(4096, device="cuda") * 0.1).to(torch.bfloat16)
-    x = activations(1, 4096)
-    y = gemm(x, ct, bias, config=cfg, fused=True)
-    assert_close(y, reference(x, w, bias))
-    for _ in range(5):  # each warp in K order, the slices in a fixed order: identical bits
-        assert torch.equal(bits_of(gemm(x, ct, bias, config=cfg, fused=True)), bits_of(y))
+    check_bias_and_determinism(CONFIGS[1], 1)  # each warp in K order, the slices in a fixed order
 
 
 @pytest.mark.parametrize("cfg", [CONFIGS[0], CONFIGS[1]], ids=_name)

@@ -8,9 +8,9 @@ import torch
 from zipgen.codegen import ZipGemmConfig, arch_traits
 from zipgen.runtime import gemm
 
-from conftest import bits_of, requires_gpu
-from test_gpu_gemm import (activations, assert_close, check_fused, fallback_heavy, make, poisoned,
-                           reference)
+from conftest import requires_gpu
+from test_gpu_gemm import (activations, assert_close, check_bias_and_determinism, check_fused,
+                           fallback_heavy, make, poisoned, reference)
 
 pytestmark = [pytest.mark.gpu, requires_gpu]
 
@@ -54,13 +54,7 @@ def test_128_tokens_per_cta(cfg, m):
 @hopper_only
 @pytest.mark.parametrize("cfg", [CONFIGS[2], CONFIGS[5]], ids=["w4t4", "w8t4d2"])
 def test_llama_shape_bias_and_determinism(cfg):
-    w, ct = make(4096, 4096)
-    bias = (torch.randn(4096, device="cuda") * 0.1).to(torch.bfloat16)
-    x = activations(32, 4096)
-    y = gemm(x, ct, bias, config=cfg, fused=True)
-    assert_close(y, reference(x, w, bias))
-    for _ in range(5):  # fixed summation order: bit-identical run to run
-        assert torch.equal(bits_of(gemm(x, ct, bias, config=cfg, fused=True)), bits_of(y))
+    check_bias_and_determinism(cfg, 32)
 
 
 @hopper_only
