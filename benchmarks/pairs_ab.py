@@ -11,13 +11,12 @@ kernel has its own header), so their records' times and these are comparable.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import itertools
 
 from zipgen.codegen import ZipGemmConfig, arch_traits
 
-from specialized_ab import variant_table
+from specialized_ab import variant_parser, variant_table
 
 
 def paired_grid(m: int, winner, warps, row_groups, depths):
@@ -37,14 +36,10 @@ def paired_grid(m: int, winner, warps, row_groups, depths):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--db", required=True, help="tuning database folder to take winners from")
-    ap.add_argument("--models", default="8b,70b")
-    ap.add_argument("--ms", default="1,8")
+    ap = variant_parser(__doc__, "1,8")
     ap.add_argument("--warps", default="4,8,16")
     ap.add_argument("--row-groups", default="1,2")
     ap.add_argument("--depths", default="1,2")
-    ap.add_argument("--json")
     args = ap.parse_args()
     warps, row_groups, depths = ([int(v) for v in s.split(",")]
                                  for s in (args.warps, args.row_groups, args.depths))

@@ -71,15 +71,21 @@ def short(cfg) -> str:
             + (" ws" if cfg.specialized else "") + (" p2" if cfg.strip_pairs else ""))
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__)
+def variant_parser(doc: str, ms: str) -> argparse.ArgumentParser:
+    """The options every variant table takes: --db, --models, --ms, --json."""
+    ap = argparse.ArgumentParser(description=doc)
     ap.add_argument("--db", required=True, help="tuning database folder to take winners from")
     ap.add_argument("--models", default="8b,70b")
-    ap.add_argument("--ms", default="16,32,64,128")
+    ap.add_argument("--ms", default=ms)
+    ap.add_argument("--json")
+    return ap
+
+
+def main():
+    ap = variant_parser(__doc__, "16,32,64,128")
     ap.add_argument("--warps", default="8,12,16,20")
     ap.add_argument("--depths", default="1,2")
     ap.add_argument("--splits", default="1,2,4")
-    ap.add_argument("--json")
     args = ap.parse_args()
     warps = [int(v) for v in args.warps.split(",")]
     depths = [int(v) for v in args.depths.split(",")]
