@@ -88,3 +88,14 @@ def test_fields_are_the_values_of_valid_configs():
     assert space.fields["stage_x"] == (False, True)
     # 16 warps with 8 staged token tiles (16 K slices x 2 x 8 x 1152 B) overflow sm_80's shared memory
     assert ZipGemmConfig(16, 8, 4, 1, True) not in space.valid
+
+
+def test_strip_pairs_are_searched_at_m_1_only():
+    """Paired strips (direct activations) won at M = 1 and lost every study at M = 8."""
+    valid = enumerate_space("zipgemm", "sm_90", 1).valid
+    assert any(c.strip_pairs for c in valid) and any(not c.strip_pairs for c in valid)
+    assert all(not c.stage_x for c in valid if c.strip_pairs)
+    for m in (8, 16, 32, 64):
+        space = enumerate_space("zipgemm", "sm_90", m)
+        assert not any(c.strip_pairs for c in space.valid)
+        assert any("lost all 8 studies" in " ".join(r) for c, r in space.rejected if c.strip_pairs)

@@ -42,6 +42,19 @@ def _split_k_reasons(cfg, m_bucket: int | None) -> list[str]:
     return out
 
 
+# Paired strips won 8 of the 9 M = 1 studies of the fifteenth session's sweep and none of the 8
+# at M = 8, where the staged path wins (benchmarks/results/strip-pairs-sweep-s15-h200-2026-11-28.md;
+# it is a direct-activation kernel, and direct activations lose from M = 8 on).
+STRIP_PAIRS_MAX_M = 1
+
+
+def _strip_pairs_reasons(cfg, m_bucket: int | None) -> list[str]:
+    if cfg.strip_pairs and m_bucket and m_bucket > STRIP_PAIRS_MAX_M:
+        return [f"strip_pairs=True for M bucket {m_bucket}: the paired kernel (direct "
+                f"activations) lost all 8 studies measured at M = 8"]
+    return []
+
+
 def token_tiles_for(m_bucket: int) -> tuple[int, ...]:
     """Token tiles (8 tokens each) worth trying for M tokens: the two smallest that cover M in
     one CTA along M (more tokens per CTA than that only compute padding); past 64 tokens the
@@ -93,6 +106,8 @@ def enumerate_space(op: str, arch: str, m_bucket: int | None = None) -> Space:
             reasons.append(_tiles_reason(cfg.token_tiles, useful_tiles, m_bucket))
         if op == "zipgemm" and cfg.k_splits > 1:
             reasons += _split_k_reasons(cfg, m_bucket)
+        if op == "zipgemm":
+            reasons += _strip_pairs_reasons(cfg, m_bucket)
         if reasons:
             rejected.append((cfg, tuple(reasons)))
         else:
