@@ -310,7 +310,7 @@ def test_config_of_another_class_is_rejected():
 def test_undefined_template_variable_raises():
     """The environment is strict: a variable render() does not pass fails instead of
     rendering as an empty string."""
-    env = render_module._environment()
+    env = render_module._environment(str(render_module.template_dir()))
     assert env.undefined is jinja2.StrictUndefined
     throwaway = {DecodeConfig.template: "{{ header }}\n{{ not_passed }}\n"}
     with pytest.MonkeyPatch.context() as mp:  # a new loader: jinja caches templates per loader

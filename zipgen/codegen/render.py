@@ -28,9 +28,9 @@ def include_dir() -> Path:
     return template_dir() / "include"
 
 
-@lru_cache(maxsize=1)
-def _environment() -> jinja2.Environment:
-    return jinja2.Environment(loader=jinja2.FileSystemLoader(str(template_dir())),
+@lru_cache(maxsize=4)
+def _environment(root: str) -> jinja2.Environment:
+    return jinja2.Environment(loader=jinja2.FileSystemLoader(root),
                               undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
                               autoescape=False)
 
@@ -48,9 +48,10 @@ class RenderedKernel:
         return self.kernel_name + ".cu"
 
 
-def render(op: str, arch: str, config=None) -> RenderedKernel:
+def render(op: str, arch: str, config=None, templates: Path | None = None) -> RenderedKernel:
     """The complete CUDA source of one (op, arch, config). Raises InputError for an invalid
-    config, with every reason."""
+    config, with every reason. `templates`: another templates/ folder (an older checkout's, to
+    compare kernels across a change; its headers are then its include/ folder)."""
     if op not in OPS:
         raise InputError(f"unknown op {op!r}; known: {', '.join(OPS)}")
     cfg = config if config is not None else OPS[op]()
@@ -70,6 +71,6 @@ def render(op: str, arch: str, config=None) -> RenderedKernel:
         f"// config: {cfg.describe()}",
         f"// kernel: {name}",
     ])
-    source = _environment().get_template(cfg.template).render(
+    source = _environment(str(templates or template_dir())).get_template(cfg.template).render(
         header=header, cfg=cfg, arch=traits, kernel_name=name)
     return RenderedKernel(op=op, arch=arch, config=cfg, kernel_name=name, source=source)
