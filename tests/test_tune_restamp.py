@@ -10,7 +10,7 @@ import pytest
 from zipgen.codegen import DecodeConfig, ZipGemmConfig
 from zipgen.codegen.render import template_dir
 from zipgen.tune.record import Record
-from zipgen.tune.restamp import KernelComparison, main, restamp_file
+from zipgen.tune.restamp import KernelComparison, kernels_to_compare, main, restamp_file
 
 from test_kernel_digest import _write
 from test_tune_db import rec
@@ -67,6 +67,12 @@ def test_unchanged_kernels_keep_their_records_and_changed_ones_go_stale(tmp_path
     _write(path, [plain, paired, decoder, switch_plain, switch_paired, elsewhere])
     path.write_text(path.read_text() + "not json\n")  # kept verbatim
 
+    # the kernels whose hash moved, compiled in two processes first (what the command does)
+    records = [plain, paired, decoder, switch_plain, switch_paired, elsewhere]
+    wanted = kernels_to_compare(compare, records)
+    assert {(op, cfg) for op, _, cfg in wanted} == {("zipgemm", PLAIN), ("zipgemm", PAIRED),
+                                                    ("decode", DECODER)}
+    compare.compare_all(wanted, jobs=2)
     assert restamp_file(path, compare) == (3, 4)
     lines = path.read_text().splitlines()
     assert lines[-1] == "not json" and len(lines) == 7

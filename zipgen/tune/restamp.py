@@ -21,7 +21,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+from concurrent.futures import ProcessPoolExecutor
 from functools import lru_cache
+from itertools import repeat
 from pathlib import Path
 
 from ..codegen import OPS, DecodeConfig, ZipGemmConfig
@@ -44,6 +47,7 @@ class KernelComparison:
     def __init__(self, old_templates: Path, new_templates: Path | None = None):
         self.old = Path(old_templates)
         self.new = Path(new_templates) if new_templates else template_dir()
+        self._same: dict[tuple, bool] = {}
 
     def _digest(self, op: str, arch: str, config, root: Path) -> str:
         return source_digest(render(op, arch, config, templates=root).source, root / "include")
@@ -57,19 +61,37 @@ class KernelComparison:
         return self._cached(op, arch, _key(config), "new")
 
     def unchanged(self, op: str, arch: str, config) -> bool:
-        return self._cached(op, arch, _key(config), "same")
+        key = (op, arch, _key(config))
+        if key not in self._same:
+            self._same[key] = _same_cubin(self.old, self.new, *key)
+        return self._same[key]
+
+    def compare_all(self, kernels, jobs: int) -> None:
+        """Compile the (op, arch, config) kernels in `jobs` processes, ahead of unchanged()."""
+        keys = sorted({(op, arch, _key(cfg)) for op, arch, cfg in kernels} - self._same.keys())
+        if not keys:
+            return
+        ops, arches, configs = zip(*keys)
+        with ProcessPoolExecutor(max_workers=jobs) as pool:
+            verdicts = pool.map(_same_cubin, repeat(self.old), repeat(self.new), ops, arches,
+                                configs, chunksize=4)
+            self._same.update(zip(keys, verdicts))
 
     @lru_cache(maxsize=None)
-    def _cached(self, op: str, arch: str, key: str, what: str):
+    def _cached(self, op: str, arch: str, key: str, what: str) -> str:
         config = OPS[op](**json.loads(key))
-        if what in ("old", "new"):
-            return self._digest(op, arch, config, self.old if what == "old" else self.new)
-        cubins = []
-        for root in (self.old, self.new):
-            rendered = render(op, arch, config, templates=root)
-            cubins.append(compile_cubin(rendered.source, rendered.arch,
-                                        include_dirs=(root / "include",)).cubin)
-        return cubins[0] == cubins[1]
+        return self._digest(op, arch, config, self.old if what == "old" else self.new)
+
+
+def _same_cubin(old: Path, new: Path, op: str, arch: str, key: str) -> bool:
+    """Whether the kernel compiles to the same cubin from both templates folders."""
+    config = OPS[op](**json.loads(key))
+    cubins = []
+    for root in (old, new):
+        rendered = render(op, arch, config, templates=root)
+        cubins.append(compile_cubin(rendered.source, rendered.arch,
+                                    include_dirs=(root / "include",)).cubin)
+    return cubins[0] == cubins[1]
 
 
 def _kernels(record: Record) -> list[tuple[str, object]] | None:
@@ -106,15 +128,40 @@ def restamp_record(compare: KernelComparison, record: Record) -> str | None:
     return None
 
 
-def restamp_file(path: Path, compare: KernelComparison) -> tuple[int, int]:
-    """Re-stamp one .jsonl file; (records re-stamped, records left as they were)."""
-    lines = path.read_text().splitlines()
-    out, restamped = [], 0
-    for line in lines:
+def _read(path: Path) -> list[tuple[str, Record | None]]:
+    out = []
+    for line in path.read_text().splitlines():
         try:
             record = Record.from_json(json.loads(line)) if line.strip() else None
         except (ValueError, KeyError, TypeError, AttributeError):
             record = None  # unreadable or stale by format: kept verbatim
+        out.append((line, record))
+    return out
+
+
+def kernels_to_compare(compare: KernelComparison, records) -> list[tuple[str, str, object]]:
+    """(op, arch, config) of every kernel a record stamped under the old templates needs
+    compiled: its hash moved."""
+    out = []
+    for record in records:
+        stamp = record.env.get("kernel_sha256")
+        try:
+            kernels = _kernels(record)
+            if (stamp is None or kernels is None
+                    or stamp == _combined(compare, record, kernels, compare.new_sha256)
+                    or stamp != _combined(compare, record, kernels, compare.old_sha256)):
+                continue
+        except (TypeError, InputError):
+            continue
+        out += [(op, record.arch, cfg) for op, cfg in kernels]
+    return out
+
+
+def restamp_file(path: Path, compare: KernelComparison) -> tuple[int, int]:
+    """Re-stamp one .jsonl file; (records re-stamped, records left as they were)."""
+    lines = _read(path)
+    out, restamped = [], 0
+    for line, record in lines:
         new = restamp_record(compare, record) if record is not None else None
         if new is None:
             out.append(line)
@@ -131,15 +178,19 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--from", dest="old", required=True, type=Path,
                     help="the templates/ folder of the revision the records were measured with")
+    ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
+                    help="processes compiling the kernels to compare")
     ap.add_argument("folders", nargs="+", type=Path)
     args = ap.parse_args(argv)
     if not (args.old / "include").is_dir():
         ap.error(f"{args.old} is not a templates folder (no include/ in it)")
     compare = KernelComparison(args.old)
-    for folder in args.folders:
-        for path in sorted(folder.rglob("*.jsonl")):
-            restamped, left = restamp_file(path, compare)
-            print(f"{path}: {restamped} records re-stamped, {left} left as they were")
+    paths = [path for folder in args.folders for path in sorted(folder.rglob("*.jsonl"))]
+    records = [r for path in paths for _, r in _read(path) if r is not None]
+    compare.compare_all(kernels_to_compare(compare, records), args.jobs)
+    for path in paths:
+        restamped, left = restamp_file(path, compare)
+        print(f"{path}: {restamped} records re-stamped, {left} left as they were")
     return 0
 
 
