@@ -127,9 +127,9 @@ __device__ __forceinline__ void zipgemm_pairs(const GemmArgs& a, unsigned char* 
   unsigned lane_tile = tile + lane * kLaneStageBytes;
   unsigned base_pair = base_pair_of(a.base);
 
-  float acc[kTokenTiles][4];
+  float acc[1][kTokenTiles][4];  // one strip row per warp (CtaPartials' layout)
 #pragma unroll
-  for (int t = 0; t < kTokenTiles; ++t) acc[t][0] = acc[t][1] = acc[t][2] = acc[t][3] = 0.f;
+  for (int t = 0; t < kTokenTiles; ++t) acc[0][t][0] = acc[0][t][1] = acc[0][t][2] = acc[0][t][3] = 0.f;
 
   LaneStrip ring[kBuffers];  // the warp's strip t (strip t % 2 of unit t / 2) in ring[t % kBuffers]
   PairEntries entries{};  // the current unit's; the next unit's are loaded after its patch,
@@ -184,7 +184,7 @@ __device__ __forceinline__ void zipgemm_pairs(const GemmArgs& a, unsigned char* 
           const unsigned af[4] = {v.x, v.y, v.z, v.w};
 #pragma unroll
           for (int nt = 0; nt < kTokenTiles; ++nt)
-            mma_bf16_16816(acc[nt], af, bf[h][nt][t][0], bf[h][nt][t][1]);
+            mma_bf16_16816(acc[0][nt], af, bf[h][nt][t][0], bf[h][nt][t][1]);
         }
       }
     }
@@ -204,39 +204,15 @@ __device__ __forceinline__ void zipgemm_pairs(const GemmArgs& a, unsigned char* 
       unsigned bf[kTokenTiles][4][2];
       direct_fragments<kTokenTiles, true>(bf, rows, a.k - s * kStripCols, lane);
       unsigned af[4][4] = {};  // wgmma only
-      multiply_strip<kTokenTiles, false, true, false>(acc, in, bf, true, true, NoStaging{}, 0,
+      multiply_strip<kTokenTiles, false, true, false>(acc[0], in, bf, true, true, NoStaging{}, 0,
                                                       NoCopy{}, base_pair, lane_tile, a, offset,
                                                       af, true);
     }
   }
 
-  // Sum each strip row's K-slice partials in slice order and write BF16 rows of y, as
-  // zipgemm_rows does with one strip row per warp and no split-K: token t's partial of row rr of
-  // warp w at t * kPitch + 16 w + rr (a pitch of 4 mod 8 words: no bank conflicts).
-  __syncthreads();
-  constexpr int kPitch = kWarps * kStripRows + 4;
-  float* partial = reinterpret_cast<float*>(smem);
-#pragma unroll
-  for (int nt = 0; nt < kTokenTiles; ++nt) {
-    float* p = partial + (nt * 8 + 2 * q) * kPitch + warp * kStripRows + g;
-    p[0] = acc[nt][0];
-    p[kPitch] = acc[nt][1];
-    p[8] = acc[nt][2];
-    p[kPitch + 8] = acc[nt][3];
-  }
-  __syncthreads();
-  constexpr int kRows = kRowGroups * kStripRows;
-  for (int i = threadIdx.x; i < kRows * kTokens; i += kWarps * 32) {
-    const int r = i % kRows, t = i / kRows;  // consecutive threads: consecutive rows
-    const int row = blockIdx.x * kRows + r, tok = tok0 + t;
-    if (row >= a.n || tok >= a.m) continue;
-    float sum = 0.f;
-#pragma unroll
-    for (int k = 0; k < kWarpsK; ++k)  // warps member + k kRowGroups hold CTA strip row r / 16
-      sum += partial[t * kPitch + (r / kStripRows + k * kRowGroups) * kStripRows + r % kStripRows];
-    if (a.bias) sum += bf16_bits_to_float(a.bias[row]);
-    a.y[static_cast<long long>(tok) * a.n + row] = float_to_bf16_bits(sum);
-  }
+  // Sum each strip row's K-slice partials in slice order and write BF16 rows of y.
+  store_cta_tile<kWarps>(a, CtaPartials<kWarps, kRowGroups, 1, kTokenTiles>(smem, acc, warp, g, q),
+                         tok0);
 }
 
 }  // namespace zipgen

@@ -272,6 +272,74 @@ struct StagingOf<true, kRowGroups, kTokenTiles, kSlices, true> {  // wgmma: thro
   using type = TmaActivations<kRowGroups, kTokenTiles, kSlices>;
 };
 
+// The CTA's FP32 partial sums in shared memory, one per warp and strip row, summed over the K
+// slices in slice order (deterministic). [kTokens][kPitch]: token t's partial of row rr of strip
+// row s of warp w at t * kPitch + (w * kRowStrips + s) * 16 + rr. A pitch of 4 mod 8 words past
+// a multiple of 16 rows puts the 32 lanes of each fragment store in 32 banks (token 2q: 8q + g),
+// and the sums read consecutive rows: no bank conflicts either way.
+template <int kWarps, int kRowGroups, int kRowStrips, int kTokenTiles>
+struct CtaPartials {
+  // an enum, not static constexpr members: those become device globals in every cubin
+  enum : int {
+    kWarpsK = kWarps / kRowGroups,
+    kPitch = kWarps * kRowStrips * kStripRows + 4,
+    kRows = kRowGroups * kRowStrips * kStripRows,
+    kTile = kRows * kTokenTiles * 8,
+  };
+  float* partial;
+
+  // Every warp's accumulators into shared memory (which the CTA is done with otherwise); g, q:
+  // the lane's row and column group in the mma fragments (lane >> 2, lane & 3).
+  __device__ CtaPartials(unsigned char* smem, const float (&acc)[kRowStrips][kTokenTiles][4],
+                         int warp, int g, int q)
+      : partial(reinterpret_cast<float*>(smem)) {
+    __syncthreads();
+#pragma unroll
+    for (int s = 0; s < kRowStrips; ++s) {
+#pragma unroll
+      for (int nt = 0; nt < kTokenTiles; ++nt) {
+        float* p = partial + (nt * 8 + 2 * q) * kPitch + (warp * kRowStrips + s) * kStripRows + g;
+        p[0] = acc[s][nt][0];
+        p[kPitch] = acc[s][nt][1];
+        p[8] = acc[s][nt][2];
+        p[kPitch + 8] = acc[s][nt][3];
+      }
+    }
+    __syncthreads();
+  }
+
+  // The CTA's sum of its row r for its token t: CTA strip row r / 16 is strip row s of member
+  // (r / 16) / kRowStrips, whose warps are member + slice * kRowGroups.
+  __device__ __forceinline__ float sum(int r, int t) const {
+    const int strip_row = r / kStripRows;
+    const int first_warp = strip_row / kRowStrips, s = strip_row % kRowStrips;
+    float sum = 0.f;
+#pragma unroll
+    for (int k = 0; k < kWarpsK; ++k)
+      sum += partial[t * kPitch + ((first_warp + k * kRowGroups) * kRowStrips + s) * kStripRows +
+                     r % kStripRows];
+    return sum;
+  }
+};
+
+// One output element: the sum plus the bias, as BF16.
+__device__ __forceinline__ void store_y(const GemmArgs& a, int row, int tok, float sum) {
+  if (a.bias) sum += bf16_bits_to_float(a.bias[row]);
+  a.y[static_cast<long long>(tok) * a.n + row] = float_to_bf16_bits(sum);
+}
+
+// Without split-K: the CTA's rows of y for its tokens, from its partials.
+template <int kWarps, typename Partials>
+__device__ __forceinline__ void store_cta_tile(const GemmArgs& a, const Partials& partials,
+                                               int tok0) {
+  for (int i = threadIdx.x; i < Partials::kTile; i += kWarps * 32) {
+    const int r = i % Partials::kRows, t = i / Partials::kRows;  // consecutive threads: rows
+    const int row = blockIdx.x * Partials::kRows + r, tok = tok0 + t;
+    if (row >= a.n || tok >= a.m) continue;
+    store_y(a, row, tok, partials.sum(r, t));
+  }
+}
+
 __host__ __device__ constexpr int gcd(int a, int b) { return b == 0 ? a : gcd(b, a % b); }
 
 template <int kWarps, int kRowGroups, int kRowStrips, int kTokenTiles, int kDepth,
@@ -504,50 +572,13 @@ __device__ __forceinline__ void zipgemm_rows(const GemmArgs& a, unsigned char* s
   }
   // Sum each strip row's K-slice partials in slice order and write BF16 rows of y (split-K:
   // FP32 partial tiles, which the tile's last CTA sums in split order).
-  __syncthreads();
-  // [kTokens][kPitch]: token t's partial of row rr of strip row s of warp w at
-  // t * kPitch + (w * kRowStrips + s) * 16 + rr. A pitch of 4 mod 8 words past a multiple of
-  // 16 rows puts the 32 lanes of each fragment store in 32 banks (token 2q: 8q + g), and the
-  // reduction below reads consecutive rows: no bank conflicts either way.
-  constexpr int kPitch = kWarps * kRowStrips * kStripRows + 4;
-  float* partial = reinterpret_cast<float*>(smem);
-#pragma unroll
-  for (int s = 0; s < kRowStrips; ++s) {
-#pragma unroll
-    for (int nt = 0; nt < kTokenTiles; ++nt) {
-      float* p = partial + (nt * 8 + 2 * q) * kPitch + (warp * kRowStrips + s) * kStripRows + g;
-      p[0] = acc[s][nt][0];
-      p[kPitch] = acc[s][nt][1];
-      p[8] = acc[s][nt][2];
-      p[kPitch + 8] = acc[s][nt][3];
-    }
-  }
-  __syncthreads();
-  constexpr int kRows = kRowGroups * kRowStrips * kStripRows;
-  constexpr int kTile = kRows * kTokens;
-  // This CTA's sum of its row r for its token t: CTA strip row r / 16 is strip row s of member
-  // (r / 16) / kRowStrips, whose warps are member + slice * kRowGroups.
-  const auto cta_sum = [&](int r, int t) {
-    const int strip_row = r / kStripRows;
-    const int first_warp = strip_row / kRowStrips, s = strip_row % kRowStrips;
-    float sum = 0.f;
-#pragma unroll
-    for (int k = 0; k < kWarpsK; ++k)
-      sum += partial[t * kPitch + ((first_warp + k * kRowGroups) * kRowStrips + s) * kStripRows +
-                     r % kStripRows];
-    return sum;
-  };
-  const auto store = [&](int row, int tok, float sum) {
-    if (a.bias) sum += bf16_bits_to_float(a.bias[row]);
-    a.y[static_cast<long long>(tok) * a.n + row] = float_to_bf16_bits(sum);
-  };
+  const CtaPartials<kWarps, kRowGroups, kRowStrips, kTokenTiles> partials(smem, acc, warp, g, q);
+  constexpr int kRows = decltype(partials)::kRows;
+  constexpr int kTile = decltype(partials)::kTile;
+  const auto cta_sum = [&](int r, int t) { return partials.sum(r, t); };
+  const auto store = [&](int row, int tok, float sum) { store_y(a, row, tok, sum); };
   if constexpr (kSplits == 1) {
-    for (int i = threadIdx.x; i < kTile; i += kWarps * 32) {
-      const int r = i % kRows, t = i / kRows;  // consecutive threads: consecutive rows
-      const int row = blockIdx.x * kRows + r, tok = tok0 + t;
-      if (row >= a.n || tok >= a.m) continue;
-      store(row, tok, cta_sum(r, t));
-    }
+    store_cta_tile<kWarps>(a, partials, tok0);
   } else {
     // 1. This CTA's partial tile to its slot of the workspace (rows past N and tokens past M
     // too: finite sums of clamped rows, never stored), past L1.
