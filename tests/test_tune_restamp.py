@@ -7,8 +7,10 @@ import shutil
 
 import pytest
 
-from zipgen.codegen import DecodeConfig, ZipGemmConfig
+from zipgen.codegen import DecodeConfig, ZipGemmConfig, render
 from zipgen.codegen.render import template_dir
+from zipgen.compile.elf import kernel_sections
+from zipgen.compile.nvrtc import compile_cubin
 from zipgen.tune.record import Record
 from zipgen.tune.restamp import KernelComparison, kernels_to_compare, main, restamp_file
 
@@ -98,3 +100,27 @@ def test_the_command_line_needs_a_templates_folder(tmp_path, capsys):
     _write(db / "a.jsonl", [plain])
     assert main(["--from", str(template_dir()), str(db)]) == 0
     assert "0 records re-stamped, 1 left as they were" in capsys.readouterr().out
+
+
+def test_kernels_whose_symbol_tables_alone_differ_are_the_same_code(tmp_path):
+    """Static constexpr members of a helper become device globals named after its template
+    arguments: the symbol table (and the parameter bank's symbol index) changes, not the code."""
+    old, new = tmp_path / "old", tmp_path / "new"
+    shutil.copytree(template_dir(), old)
+    shutil.copytree(template_dir(), new)
+    header = new / "include" / "zipgen" / "zipgemm_kernel.cuh"
+    text = header.read_text()
+    enum = text[text.index("  enum : int {"):text.index("  };", text.index("  enum : int {")) + 5]
+    members = "".join(f"  static constexpr int {line.strip().rstrip(',')};\n"
+                      for line in enum.splitlines()[1:-1])
+    header.write_text(text.replace(enum, members))
+    cubins = []
+    for root in (old, new):
+        rendered = render("zipgemm", "sm_90", PLAIN, templates=root)
+        cubins.append(compile_cubin(rendered.source, rendered.arch,
+                                    include_dirs=(root / "include",)).cubin)
+    assert cubins[0] != cubins[1]  # the globals are there
+    name = rendered.kernel_name
+    assert kernel_sections(cubins[0], name) == kernel_sections(cubins[1], name)
+    compare = KernelComparison(old, new)
+    assert compare.unchanged("zipgemm", "sm_90", PLAIN)

@@ -8,8 +8,11 @@ changes no instruction (a comment, a helper moved between headers, a new templat
 other configurations never take). This re-stamps such records: for each record stamped with
 the hash its configuration had under OLD's templates (a checkout of the revision the records
 were measured with, e.g. `git worktree add /tmp/old <rev>`), it compiles that configuration from
-OLD's templates and from today's with NVRTC, without line information, and if the two cubins
-are byte for byte the same it gives the record today's hash. A switch record is re-stamped when
+OLD's templates and from today's with NVRTC, without line information, and if the two kernels
+are the same code it gives the record today's hash. Same code: byte-identical cubins, or the
+same instructions, attributes and shared memory with no relocations in the code
+(zipgen.compile.elf.kernel_sections; the symbol tables differ when a helper's template
+arguments do). A switch record is re-stamped when
 the decoder and every fused kernel it compared are. Everything else is left as it is; a record
 whose kernel changed stays stale and needs measuring again. Times are never touched. Each file
 is rewritten atomically, its lines in their order.
@@ -30,6 +33,7 @@ from pathlib import Path
 from ..codegen import OPS, DecodeConfig, ZipGemmConfig
 from ..codegen.digest import combined_sha256, kernel_sha256, source_digest
 from ..codegen.render import render, template_dir
+from ..compile.elf import kernel_sections
 from ..compile.nvrtc import compile_cubin
 from ..errors import InputError
 from ..fileio import write_atomic
@@ -84,14 +88,22 @@ class KernelComparison:
 
 
 def _same_cubin(old: Path, new: Path, op: str, arch: str, key: str) -> bool:
-    """Whether the kernel compiles to the same cubin from both templates folders."""
+    """Whether the kernel compiles to the same code from both templates folders: the same
+    instructions, attributes (registers, barriers, parameters) and shared memory
+    (elf.kernel_sections), with no relocations in its code, so that the symbol tables it
+    leaves out cannot change what runs; else the whole cubins must be equal."""
     config = OPS[op](**json.loads(key))
-    cubins = []
+    cubins, name = [], None
     for root in (old, new):
         rendered = render(op, arch, config, templates=root)
+        name = rendered.kernel_name
         cubins.append(compile_cubin(rendered.source, rendered.arch,
                                     include_dirs=(root / "include",)).cubin)
-    return cubins[0] == cubins[1]
+    if cubins[0] == cubins[1]:
+        return True
+    code = [kernel_sections(cubin, name) for cubin in cubins]
+    relocations = [c.get(".rela.text." + name, (0, 0, b""))[1] for c in code]
+    return code[0] == code[1] and f".text.{name}" in code[0] and relocations == [0, 0]
 
 
 def _kernels(record: Record) -> list[tuple[str, object]] | None:
