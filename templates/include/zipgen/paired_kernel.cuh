@@ -36,20 +36,6 @@ struct PairEntries {
   PairOffsets at;
   unsigned entry_word;
 };
-// Decode one strip (pair 15 first, as zipgemm_rows does) into this lane's shared slice.
-__device__ __forceinline__ void decode_to_slice(const LaneStrip& data, unsigned lane_tile,
-                                                unsigned base_pair) {
-  const CodeWords codes = code_words(data);
-  unsigned regs[16];
-#pragma unroll
-  for (int i = 0; i < 16; ++i) {
-    const int r = (i + 15) % 16;
-    regs[r] = decode_pair(data, codes, r, base_pair);
-  }
-#pragma unroll
-  for (int t = 0; t < 4; ++t)
-    st_shared_v4(lane_tile + 16 * t, regs[4 * t], regs[4 * t + 1], regs[4 * t + 2], regs[4 * t + 3]);
-}
 
 // The unit's records, patched by the whole warp into the slices of its two strips (tile0 /
 // tile1: lane 0's slice of each): record j belongs to the first strip for j < split. Lane l

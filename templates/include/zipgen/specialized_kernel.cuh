@@ -125,17 +125,8 @@ __device__ __forceinline__ void specialized_producer(const GemmArgs& a, unsigned
         tma_load_2d(base + stage * L::kXBytes, a.x_map, (range.x + j) * kStripCols, tok0, full);
       }
       const StripInput& in = ring[b];
-      const CodeWords codes = code_words(in.data);
-      unsigned regs[16];
-#pragma unroll
-      for (int n = 0; n < 16; ++n) {
-        const int r = (n + 15) % 16;  // pair 15 first, as zipgemm_rows
-        regs[r] = decode_pair(in.data, codes, r, base_pair);
-      }
       const unsigned slice = lane_slice + stage * L::kABytes;
-#pragma unroll
-      for (int t = 0; t < 4; ++t)
-        st_shared_v4(slice + 16 * t, regs[4 * t], regs[4 * t + 1], regs[4 * t + 2], regs[4 * t + 3]);
+      decode_to_slice(in.data, slice, base_pair);
       __syncwarp();  // every lane's registers are in place before the patch XORs into them
       patch_entries(in, offset, slice - lane * kLaneStageBytes, base_pair & 0x7F80u, a, lane);
       mbarrier_arrive(full);  // release: this lane's stores and XORs, for the consumer

@@ -157,6 +157,25 @@ struct NoCopy {
   __device__ void operator()() const {}
 };
 
+// Decode one strip into this lane's shared-memory slice (registers 4t .. 4t + 3 of the lane are
+// the A fragment of tensor-core tile t; four 16-byte stores).
+__device__ __forceinline__ void decode_to_slice(const LaneStrip& data, unsigned lane_tile,
+                                                unsigned base_pair) {
+  const CodeWords codes = code_words(data);
+  unsigned regs[16];
+#pragma unroll
+  for (int i = 0; i < 16; ++i) {
+    // pair 15 first: it reads all three code words, so after it each word dies with its last
+    // slot, and ptxas issues the next strips' loads before this decode instead of after it
+    // (staged 8 warps, 2 token tiles, depth 2; format version 3)
+    const int r = (i + 15) % 16;
+    regs[r] = decode_pair(data, codes, r, base_pair);
+  }
+#pragma unroll
+  for (int t = 0; t < 4; ++t)
+    st_shared_v4(lane_tile + 16 * t, regs[4 * t], regs[4 * t + 1], regs[4 * t + 2], regs[4 * t + 3]);
+}
+
 // Decode one strip into this lane's shared-memory slice, patch its fallbacks, and multiply
 // with the B fragments bf, which the caller loaded (direct) or which come from the staged
 // buffer slot `buffer`. Staged: at the first strip of a group of units (group_start: a unit is
@@ -177,19 +196,7 @@ __device__ __forceinline__ void multiply_strip(float (&acc)[kTokenTiles][4], con
                                                const GemmArgs& a, int offset,
                                                unsigned (&af)[4][4], bool wait_now) {
   // 1. decode: registers 4t .. 4t + 3 are the A fragment of tile t
-  const CodeWords codes = code_words(in.data);
-  unsigned regs[16];
-#pragma unroll
-  for (int i = 0; i < 16; ++i) {
-    // pair 15 first: it reads all three code words, so after it each word dies with its last
-    // slot, and ptxas issues the next strips' loads before this decode instead of after it
-    // (staged 8 warps, 2 token tiles, depth 2; format version 3)
-    const int r = (i + 15) % 16;
-    regs[r] = decode_pair(in.data, codes, r, base_pair);
-  }
-#pragma unroll
-  for (int t = 0; t < 4; ++t)
-    st_shared_v4(lane_tile + 16 * t, regs[4 * t], regs[4 * t + 1], regs[4 * t + 2], regs[4 * t + 3]);
+  decode_to_slice(in.data, lane_tile, base_pair);
 
   // the previous strip's wgmmas (if in flight during this decode) are done before the
   // barrier lets their buffer be refilled and before their A registers are rewritten
