@@ -45,8 +45,8 @@ def _key(config) -> str:
 
 
 class KernelComparison:
-    """Per (op, arch, config): the hash under the old templates and whether its cubin is
-    unchanged today (memoised: records share configurations)."""
+    """Per (op, arch, config): its hash under the old and the new templates, and whether it
+    compiles to the same code from both (memoised: records share configurations)."""
 
     def __init__(self, old_templates: Path, new_templates: Path | None = None):
         self.old = Path(old_templates)
@@ -67,7 +67,7 @@ class KernelComparison:
     def unchanged(self, op: str, arch: str, config) -> bool:
         key = (op, arch, _key(config))
         if key not in self._same:
-            self._same[key] = _same_cubin(self.old, self.new, *key)
+            self._same[key] = _same_code(self.old, self.new, *key)
         return self._same[key]
 
     def compare_all(self, kernels, jobs: int) -> None:
@@ -77,7 +77,7 @@ class KernelComparison:
             return
         ops, arches, configs = zip(*keys)
         with ProcessPoolExecutor(max_workers=jobs) as pool:
-            verdicts = pool.map(_same_cubin, repeat(self.old), repeat(self.new), ops, arches,
+            verdicts = pool.map(_same_code, repeat(self.old), repeat(self.new), ops, arches,
                                 configs, chunksize=4)
             self._same.update(zip(keys, verdicts))
 
@@ -87,7 +87,7 @@ class KernelComparison:
         return self._digest(op, arch, config, self.old if what == "old" else self.new)
 
 
-def _same_cubin(old: Path, new: Path, op: str, arch: str, key: str) -> bool:
+def _same_code(old: Path, new: Path, op: str, arch: str, key: str) -> bool:
     """Whether the kernel compiles to the same code from both templates folders: the same
     instructions, attributes (registers, barriers, parameters) and shared memory
     (elf.kernel_sections), with no relocations in its code, so that the symbol tables it
