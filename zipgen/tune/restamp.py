@@ -122,9 +122,10 @@ def _combined(compare: KernelComparison, record: Record, kernels, sha) -> str:
     return digests[0] if record.op in OPS else combined_sha256(digests)
 
 
-def restamp_record(compare: KernelComparison, record: Record) -> str | None:
-    """Today's hash for a record whose kernels are unchanged since the old templates; None when
-    it is current already, was not measured with the old templates, or a kernel changed."""
+def _moved(compare: KernelComparison, record: Record):
+    """(its kernels, today's hash) for a record stamped under the old templates whose hash
+    moved since; None when it is current already, was not measured with the old templates, or
+    its configuration no longer renders."""
     stamp = record.env.get("kernel_sha256")
     try:
         kernels = _kernels(record)
@@ -133,11 +134,19 @@ def restamp_record(compare: KernelComparison, record: Record) -> str | None:
         new = _combined(compare, record, kernels, compare.new_sha256)
         if stamp == new or stamp != _combined(compare, record, kernels, compare.old_sha256):
             return None
-        if all(compare.unchanged(op, record.arch, cfg) for op, cfg in kernels):
-            return new
     except (TypeError, InputError):  # a configuration that no longer renders
         return None
-    return None
+    return kernels, new
+
+
+def restamp_record(compare: KernelComparison, record: Record) -> str | None:
+    """Today's hash for a record whose kernels are the same code as under the old templates;
+    None when its hash did not move (_moved) or a kernel changed."""
+    moved = _moved(compare, record)
+    if moved is None:
+        return None
+    kernels, new = moved
+    return new if all(compare.unchanged(op, record.arch, cfg) for op, cfg in kernels) else None
 
 
 def _read(path: Path) -> list[tuple[str, Record | None]]:
@@ -156,16 +165,9 @@ def kernels_to_compare(compare: KernelComparison, records) -> list[tuple[str, st
     compiled: its hash moved."""
     out = []
     for record in records:
-        stamp = record.env.get("kernel_sha256")
-        try:
-            kernels = _kernels(record)
-            if (stamp is None or kernels is None
-                    or stamp == _combined(compare, record, kernels, compare.new_sha256)
-                    or stamp != _combined(compare, record, kernels, compare.old_sha256)):
-                continue
-        except (TypeError, InputError):
-            continue
-        out += [(op, record.arch, cfg) for op, cfg in kernels]
+        moved = _moved(compare, record)
+        if moved is not None:
+            out += [(op, record.arch, cfg) for op, cfg in moved[0]]
     return out
 
 
