@@ -43,7 +43,7 @@ def run_once(model, prompt, forced):
 
     handles = [m.register_forward_hook(hook(n or "model")) for n, m in model.named_modules()]
     try:
-        dec = hf_bench._Decoder(model, prompt.shape[0], prompt.shape[1], forced.shape[1],
+        dec = hf_bench.Decoder(model, prompt.shape[0], prompt.shape[1], forced.shape[1],
                                 "eager", forced=forced)
         dec.prefill(prompt)
         for _ in range(forced.shape[1] - 1):

@@ -25,3 +25,18 @@ def test_benchmark_script_imports_and_parses_help(script):
             pytest.skip(f"{script} needs {module} from the bench extra (pip install -e '.[bench]')")
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.startswith("usage:"), out.stdout[:500]
+
+
+def test_e2e_profile_sums_the_union_of_kernel_intervals_and_names_their_kinds(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import e2e_profile
+
+    # overlapping, nested, touching and disjoint intervals, unsorted
+    assert e2e_profile.busy_us([(5, 7), (0, 2), (1, 3), (1.5, 2.5), (3, 4), (10, 11)]) == 7
+    assert e2e_profile.busy_us([]) == 0
+    assert e2e_profile.kind_of("zipgemm_sm90_r16_t8_w16_d1_p2") == "zipgen"
+    assert e2e_profile.kind_of("nvjet_tst_64x8_64x16_4x1_v_bz_TNT") == "cuBLAS GEMM"
+    assert e2e_profile.kind_of("void cutlass::Kernel2<cutlass_80_wmma_tensorop_bf16>") == \
+        "cuBLAS GEMM"
+    assert e2e_profile.kind_of("void pytorch_flash::flash_fwd_splitkv_kernel<...>") == "attention"
+    assert e2e_profile.kind_of("triton_red_fused__to_copy_add_gemm_mean_mul_pow_rsqrt_0") == "Triton"

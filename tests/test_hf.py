@@ -193,7 +193,7 @@ def test_teacher_forcing_feeds_the_given_tokens(llama):
     prompt = hf_bench.prompts(model.config.vocab_size, 2, 8)
     forced = torch.randint(0, model.config.vocab_size, (2, 5),
                            generator=torch.Generator().manual_seed(5))
-    dec = hf_bench._Decoder(model, 2, 8, 5, "eager", forced=forced)
+    dec = hf_bench.Decoder(model, 2, 8, 5, "eager", forced=forced)
     dec.capture(prompt)
     predicted, _, _ = dec.run(prompt)
     with torch.no_grad():
@@ -201,7 +201,7 @@ def test_teacher_forcing_feeds_the_given_tokens(llama):
     assert torch.equal(predicted, logits[:, 7:12].argmax(-1))
     assert not torch.equal(predicted, forced)  # random tokens are not the model's own choices
     with pytest.raises(InputError, match="forced tokens"):
-        hf_bench._Decoder(model, 2, 8, 4, "eager", forced=forced)
+        hf_bench.Decoder(model, 2, 8, 4, "eager", forced=forced)
 
 
 def test_decode_step_has_no_host_sync(llama):
@@ -224,7 +224,7 @@ def test_decode_step_has_no_host_sync(llama):
 
     _, dst = llama
     model = hf.from_pretrained(dst, device="cpu")
-    dec = hf_bench._Decoder(model, 2, 8, 4, "eager")
+    dec = hf_bench.Decoder(model, 2, 8, 4, "eager")
     prompt = hf_bench.prompts(model.config.vocab_size, 2, 8)
     dec.capture(prompt)
     dec.prefill(prompt)

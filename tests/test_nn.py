@@ -147,6 +147,23 @@ def test_opcheck():
                           (*zl.streams(), zl.out_features, zl.in_features, zl.base))
 
 
+def test_decode_rows_op_opcheck_compile_and_errors():
+    emb = bf16_embedding(300, 96)
+    ze = ZipEmbedding.from_embedding(emb)
+    ids = torch.tensor([[0, 299, 5], [7, 7, 1]])
+    keys = ze._entry_keys(ze.compressed_unchecked())
+    for index, k in ((ids, keys), (ids.to(torch.int32), None), (ids[:0], keys)):
+        torch.library.opcheck(torch.ops.zipgen.decode_rows.default,
+                              (index, *ze.streams(), 300, 96, ze.base, k))
+    torch._dynamo.reset()
+    compiled = torch.compile(ze, fullgraph=True)  # the op is opaque: no graph break
+    assert torch.equal(compiled(ids).view(torch.int16), emb(ids).detach().view(torch.int16))
+    with pytest.raises(InputError, match="integer"):
+        ze(ids.float())
+    with pytest.raises(InputError, match="tensor"):
+        ze([0, 1])
+
+
 def test_torch_compile_uses_the_fake_kernel():
     torch._dynamo.reset()
     lin = bf16_linear(256, 128)

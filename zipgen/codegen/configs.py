@@ -242,7 +242,37 @@ class ZipGemmConfig(_Config):
         return tiles_x * tiles_y * splits * self.rows * self.tokens, tiles_x * tiles_y
 
 
-OPS = {"decode": DecodeConfig, "zipgemm": ZipGemmConfig}
+@dataclass(frozen=True)
+class RowsConfig(_Config):
+    """The row decoder (an embedding lookup: chosen rows of a matrix straight to BF16): warps
+    per CTA; four threads per strip of a row, so 8 warps cover a row of 4096 in one CTA."""
+
+    warps_per_cta: int = 8
+
+    op = "rows"
+    template = "rows.cu.j2"
+    smem_bytes = 0
+    dynamic_smem = False
+
+    def problems(self, arch: ArchTraits) -> list[str]:
+        """Why this config cannot run on `arch` (empty when it can)."""
+        if self.warps_per_cta not in (1, 2, 4, 8, 16):
+            return [f"warps_per_cta={self.warps_per_cta} is not 1, 2, 4, 8 or 16"]
+        return []
+
+    @property
+    def threads(self) -> int:
+        return 32 * self.warps_per_cta
+
+    def kernel_name(self, arch: ArchTraits) -> str:
+        return f"zipgen_rows_{arch.short}_w{self.warps_per_cta}"
+
+    def grid(self, rows: int, strips_per_row: int) -> tuple[int, int, int]:
+        """x: one per row asked for; y: the CTAs that share a row's strips (4 threads each)."""
+        return (rows, -(-4 * strips_per_row // self.threads), 1)
+
+
+OPS = {"decode": DecodeConfig, "zipgemm": ZipGemmConfig, "rows": RowsConfig}
 
 
 def default_config(op: str, arch: ArchTraits):

@@ -82,7 +82,7 @@ def _sync(device: torch.device) -> float:
     return time.perf_counter()
 
 
-class _Decoder:
+class Decoder:
     """Static buffers around one model and batch size: the KV cache, the current token and
     position, the generated tokens. step() touches only these, so it can be captured."""
 
@@ -158,13 +158,17 @@ class _Decoder:
         with torch.cuda.graph(self.graph):
             self.step()
 
+    def advance(self) -> None:
+        """One decode step the way the timed runs take it: the captured graph if there is one."""
+        self.graph.replay() if self.graph is not None else self.step()
+
     def run(self, prompt: torch.Tensor) -> tuple[torch.Tensor, float, float]:
         """(tokens, prefill seconds, decode seconds) of one greedy generation."""
         t0 = _sync(self.device)
         self.prefill(prompt)
         t1 = _sync(self.device)
         for _ in range(self.new_tokens - 1):
-            self.graph.replay() if self.graph is not None else self.step()
+            self.advance()
         t2 = _sync(self.device)
         return self.tokens[:, :self.new_tokens].cpu(), t1 - t0, t2 - t1
 
@@ -195,7 +199,7 @@ def benchmark(model, label: str, batches=(1, 8, 32), prompt_len: int = 128,
         if device.type == "cuda":
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(device)
-        dec = _Decoder(model, batch, prompt_len, new_tokens, mode)
+        dec = Decoder(model, batch, prompt_len, new_tokens, mode)
         dec.capture(prompt)
         results = [dec.run(prompt) for _ in range(repeats)]
         tokens, prefill_s, _ = results[0]
@@ -227,7 +231,7 @@ def teacher_forced(model, baseline: list["DecodeRun"], mode: str = "graph",
     shares = []
     for run in baseline:
         prompt = prompts(model.config.vocab_size, run.batch, run.prompt).to(model.device)
-        dec = _Decoder(model, run.batch, run.prompt, run.new_tokens, mode, forced=run.tokens)
+        dec = Decoder(model, run.batch, run.prompt, run.new_tokens, mode, forced=run.tokens)
         dec.capture(prompt)
         predicted, _, _ = dec.run(prompt)
         if predictions is not None:

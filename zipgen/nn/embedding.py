@@ -1,11 +1,13 @@
 """ZipEmbedding: a drop-in nn.Embedding (inference) whose BF16 table is stored compressed.
 
-forward() decodes only the looked-up rows (zipgen.format.rows.decode_rows): a fixed sequence of
-gathers on the table's device, with no host synchronisation, so a decode step that looks up its
-tokens can be captured in a CUDA graph. It finds the rows' fallback entries through a sorted
-index of them (entry_keys: 4 bytes per fallback, built at the first lookup after the table is
-set or moved; run one lookup before capturing). A Llama-3.1-8B embedding table (128256 x 4096,
-1 GB in BF16) takes about 0.74 GB this way.
+forward() decodes only the looked-up rows, with no host synchronisation, so a decode step that
+looks up its tokens can be captured in a CUDA graph, through the custom op
+`torch.ops.zipgen.decode_rows` (opaque to torch.compile):
+* on a GPU, the generated row decoder (templates/rows.cu.j2): one launch per lookup;
+* elsewhere, zipgen.format.rows.decode_rows: a fixed sequence of gathers, which finds the rows'
+  fallback entries through a sorted index of them (entry_keys: 4 bytes per fallback, built at
+  the first lookup after the table is set or moved).
+A Llama-3.1-8B embedding table (128256 x 4096, 1 GB in BF16) takes about 0.74 GB this way.
 """
 from __future__ import annotations
 
@@ -14,7 +16,8 @@ from torch import nn
 
 from ..errors import InputError
 from ..format import CompressedTensor, compress, decompress
-from ..format.rows import decode_rows, entry_keys
+from ..format.rows import entry_keys
+from . import ops
 from .compressed import CompressedWeight
 
 
@@ -58,18 +61,19 @@ class ZipEmbedding(CompressedWeight):
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         """BF16 [*ids.shape, embedding_dim], bit for bit the rows of the original table."""
-        ct = self.compressed_unchecked()
-        return decode_rows(ct, ids, self._entry_keys(ct))
+        if not isinstance(ids, torch.Tensor):
+            raise InputError(f"indices must be a tensor, got {type(ids).__name__}")
+        # CUDA: the row decoder kernel, which needs no index; elsewhere the gathers with one
+        cuda = self._buffers["sign_mantissa"].device.type == "cuda"
+        keys = None if cuda else self._entry_keys(self.compressed_unchecked())
+        return ops.decode_rows_op(ids, *self.streams(), self.num_embeddings, self.embedding_dim,
+                                  self.base, keys)
 
     def _entry_keys(self, ct: CompressedTensor) -> torch.Tensor:
-        """The lookup index of the current streams; rebuilt when a load or a move replaced them
-        (they are compared by identity)."""
+        """The lookup index of the current streams (off the GPU only); rebuilt when a load or
+        a move replaced them (they are compared by identity)."""
         streams = (ct.fallback_entries, ct.fallback_offsets)
         if self._keys_of is None or any(a is not b for a, b in zip(streams, self._keys_of)):
-            if ct.device.type == "cuda" and torch.cuda.is_current_stream_capturing():
-                raise InputError("ZipEmbedding builds its lookup index on the first forward() "
-                                 "after its table was set or moved, which reads from the device: "
-                                 "run one forward() before capturing a CUDA graph")
             self._keys, self._keys_of = entry_keys(ct), streams
         return self._keys
 

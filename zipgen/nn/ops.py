@@ -1,5 +1,5 @@
-"""The TCA-TBE GEMM and decoder as torch custom ops: `torch.ops.zipgen.gemm` and
-`torch.ops.zipgen.decompress`.
+"""The TCA-TBE GEMM and decoders as torch custom ops: `torch.ops.zipgen.gemm`,
+`torch.ops.zipgen.decompress` and `torch.ops.zipgen.decode_rows` (an embedding lookup).
 
 Custom ops take tensors and scalars, not dataclasses, so a CompressedTensor travels as its four
 stream tensors plus (n, k, base). Each op has a CUDA kernel (the generated kernels of
@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from ..errors import InputError
 from ..format import CompressedTensor, decompress_reference
+from ..format.rows import decode_rows
 from ..format.tensor import STREAMS
 
 # Values of the GEMM op's `fused` argument (an int keeps the schema plain):
@@ -68,6 +69,50 @@ def _decompress_cuda(sign_mantissa, planes, fallback_entries, fallback_offsets, 
 @decompress_op.register_fake
 def _decompress_fake(sign_mantissa, planes, fallback_entries, fallback_offsets, n, k, base):
     return sign_mantissa.new_empty((n, k), dtype=torch.bfloat16)
+
+
+# --- zipgen::decode_rows -------------------------------------------------------------------------
+
+ROW_INDEX_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
+
+
+def check_row_ids(ids: torch.Tensor, device: torch.device) -> None:
+    """The errors F.embedding would give for the indices, worded for a compressed table."""
+    if ids.dtype not in ROW_INDEX_DTYPES:
+        raise InputError(f"zipgen embedding: indices must be an integer tensor, got {ids.dtype}")
+    if ids.device != device:
+        raise InputError(f"zipgen embedding: indices are on {ids.device}, the table on {device}")
+
+
+@torch.library.custom_op("zipgen::decode_rows", mutates_args=(), device_types="cpu",
+                         schema="(Tensor ids, Tensor sign_mantissa, Tensor planes, "
+                                "Tensor fallback_entries, Tensor fallback_offsets, int n, int k, "
+                                "int base, Tensor? keys) -> Tensor")
+def decode_rows_op(ids: torch.Tensor, sign_mantissa: torch.Tensor, planes: torch.Tensor,
+                   fallback_entries: torch.Tensor, fallback_offsets: torch.Tensor, n: int, k: int,
+                   base: int, keys: torch.Tensor | None) -> torch.Tensor:
+    """BF16 [*ids.shape, k]: rows `ids` of the matrix, bit for bit. CPU: gathers
+    (zipgen.format.rows.decode_rows; `keys`, its entry_keys(), makes them fast). CUDA: the
+    generated row decoder, one launch (keys unused)."""
+    check_row_ids(ids, sign_mantissa.device)
+    return decode_rows(unchecked(n, k, base, sign_mantissa, planes, fallback_entries,
+                                 fallback_offsets), ids, keys)
+
+
+@decode_rows_op.register_kernel("cuda")
+def _decode_rows_cuda(ids, sign_mantissa, planes, fallback_entries, fallback_offsets, n, k, base,
+                      keys):
+    from ..runtime.rows import decode_rows_cuda
+    check_row_ids(ids, sign_mantissa.device)
+    return decode_rows_cuda(unchecked(n, k, base, sign_mantissa, planes, fallback_entries,
+                                      fallback_offsets), ids)
+
+
+@decode_rows_op.register_fake
+def _decode_rows_fake(ids, sign_mantissa, planes, fallback_entries, fallback_offsets, n, k, base,
+                      keys):
+    check_row_ids(ids, sign_mantissa.device)
+    return sign_mantissa.new_empty(tuple(ids.shape) + (k,), dtype=torch.bfloat16)
 
 
 # --- zipgen::gemm ------------------------------------------------------------------------------
