@@ -18,6 +18,7 @@ from zipgen.runtime import decode_rows_cuda
 from conftest import ALL_PATTERNS, bits_of, from_bits, requires_gpu
 from test_codec_exact import SPECIALS, _tensor_with_exponents
 from test_nn import bf16_embedding
+from test_rows import fallback_heavy_lookup, special_lookup
 
 pytestmark = [pytest.mark.gpu, requires_gpu]
 
@@ -58,18 +59,12 @@ def test_every_warp_count(warps):
 
 
 def test_realistic_weights_with_fallbacks_and_long_lookups():
-    g = torch.Generator().manual_seed(2)
-    w = (torch.randn(700, 384, generator=g) * 0.02).to(torch.bfloat16)
-    flat = bits_of(w).reshape(-1).clone()
-    flat[torch.randperm(flat.numel(), generator=g)[:20000]] = ALL_PATTERNS[:20000]
-    check(from_bits(flat.view(700, 384)), torch.randint(0, 700, (600,), generator=g))
+    check(*fallback_heavy_lookup())
 
 
 @pytest.mark.parametrize("name", sorted(SPECIALS))
 def test_special_values(name):
-    values = torch.tensor(SPECIALS[name], dtype=torch.int32).to(torch.int16)
-    w = from_bits(values.repeat(17 * 70 // len(values) + 1)[:17 * 70].view(17, 70))
-    check(w, torch.arange(17).flip(0))
+    check(*special_lookup(name))
 
 
 @pytest.mark.parametrize("lo,hi", [(0, 6), (249, 255), (0, 255)])

@@ -37,20 +37,30 @@ def test_every_pattern_every_row(shape):
     check(w, torch.randperm(shape[0], generator=g))
 
 
-def test_fallbacks_among_realistic_weights_and_long_lookups():
+def fallback_heavy_lookup() -> tuple[torch.Tensor, torch.Tensor]:
+    """(weights, row ids): Gaussian weights with 20000 elements set to other patterns, and
+    600 ids (more than one pass of 256 rows; repeats)."""
     w = gaussian(700, 384, seed=1)
     flat = bits_of(w).reshape(-1).clone()
     g = torch.Generator().manual_seed(2)
     flat[torch.randperm(flat.numel(), generator=g)[:20000]] = ALL_PATTERNS[:20000]
-    w = from_bits(flat.view(700, 384))
-    check(w, torch.randint(0, 700, (600,), generator=g))  # > one pass of 256 rows, repeats
+    return from_bits(flat.view(700, 384)), torch.randint(0, 700, (600,), generator=g)
+
+
+def special_lookup(name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(weights, row ids): a 17 x 70 matrix of one SPECIALS family, every row in reverse."""
+    values = torch.tensor(SPECIALS[name], dtype=torch.int32).to(torch.int16)
+    w = from_bits(values.repeat(17 * 70 // len(values) + 1)[:17 * 70].view(17, 70))
+    return w, torch.arange(17).flip(0)
+
+
+def test_fallbacks_among_realistic_weights_and_long_lookups():
+    check(*fallback_heavy_lookup())
 
 
 @pytest.mark.parametrize("name", sorted(SPECIALS))
 def test_special_values(name):
-    values = torch.tensor(SPECIALS[name], dtype=torch.int32).to(torch.int16)
-    w = from_bits(values.repeat(17 * 70 // len(values) + 1)[:17 * 70].view(17, 70))
-    check(w, torch.arange(17).flip(0))
+    check(*special_lookup(name))
 
 
 @pytest.mark.parametrize("lo,hi", [(0, 6), (249, 255), (0, 255)])

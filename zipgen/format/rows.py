@@ -25,6 +25,9 @@ from .layout import (COLS_PER_STRIP, PLANES, ROWS_PER_STRIP, STRIP_ELEMS, code_b
                      padded_shape)
 from .tensor import CompressedTensor
 
+# Index dtypes the row decoders take (F.embedding's and the narrower integers).
+INDEX_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
+
 # Rows decoded per pass: bounds the intermediates (~40 bytes per element) for long prompts.
 _ROWS_PER_PASS = 256
 

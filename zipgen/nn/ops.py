@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from ..errors import InputError
 from ..format import CompressedTensor, decompress_reference
-from ..format.rows import decode_rows
+from ..format.rows import INDEX_DTYPES, decode_rows
 from ..format.tensor import STREAMS
 
 # Values of the GEMM op's `fused` argument (an int keeps the schema plain):
@@ -73,12 +73,9 @@ def _decompress_fake(sign_mantissa, planes, fallback_entries, fallback_offsets, 
 
 # --- zipgen::decode_rows -------------------------------------------------------------------------
 
-ROW_INDEX_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
-
-
 def check_row_ids(ids: torch.Tensor, device: torch.device) -> None:
     """The errors F.embedding would give for the indices, worded for a compressed table."""
-    if ids.dtype not in ROW_INDEX_DTYPES:
+    if ids.dtype not in INDEX_DTYPES:
         raise InputError(f"zipgen embedding: indices must be an integer tensor, got {ids.dtype}")
     if ids.device != device:
         raise InputError(f"zipgen embedding: indices are on {ids.device}, the table on {device}")
@@ -102,8 +99,7 @@ def decode_rows_op(ids: torch.Tensor, sign_mantissa: torch.Tensor, planes: torch
 @decode_rows_op.register_kernel("cuda")
 def _decode_rows_cuda(ids, sign_mantissa, planes, fallback_entries, fallback_offsets, n, k, base,
                       keys):
-    from ..runtime.rows import decode_rows_cuda
-    check_row_ids(ids, sign_mantissa.device)
+    from ..runtime.rows import decode_rows_cuda  # checks the indices itself
     return decode_rows_cuda(unchecked(n, k, base, sign_mantissa, planes, fallback_entries,
                                       fallback_offsets), ids)
 

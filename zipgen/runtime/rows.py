@@ -8,10 +8,9 @@ from ..codegen import RowsConfig
 from ..errors import InputError
 from ..format import CompressedTensor
 from ..format.layout import COLS_PER_STRIP, padded_shape
+from ..format.rows import INDEX_DTYPES
 from .decode import check_stream_alignment
 from .kernels import get_kernel, launch
-
-INDEX_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
 
 
 def decode_rows_cuda(ct: CompressedTensor, ids: torch.Tensor,
