@@ -40,3 +40,13 @@ def test_e2e_profile_sums_the_union_of_kernel_intervals_and_names_their_kinds(mo
         "cuBLAS GEMM"
     assert e2e_profile.kind_of("void pytorch_flash::flash_fwd_splitkv_kernel<...>") == "attention"
     assert e2e_profile.kind_of("triton_red_fused__to_copy_add_gemm_mean_mul_pow_rsqrt_0") == "Triton"
+
+
+def test_fixed_cost_fits_intercept_and_rate(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import fixed_cost
+
+    # 3 µs + bytes at 2.5 TB/s (2.5e6 bytes per µs)
+    points = [(b, 3.0 + b / 2.5e6) for b in (1e6, 8e6, 30e6, 120e6)]
+    intercept, rate = fixed_cost.fit(points)
+    assert abs(intercept - 3.0) < 1e-6 and abs(rate - 2.5) < 1e-6
