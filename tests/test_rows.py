@@ -9,7 +9,7 @@ import torch
 
 import zipgen
 from zipgen.errors import InputError
-from zipgen.format.rows import decode_rows, entry_keys
+from zipgen.format.rows import check_indices, decode_rows, entry_keys
 
 from conftest import ALL_PATTERNS, bits_of, from_bits
 from test_codec_exact import SPECIALS, _tensor_with_exponents
@@ -117,3 +117,14 @@ def test_no_host_synchronisation():
         decode_rows(ct, ids)
         decode_rows(ct, ids, keys)
     assert seen == []
+
+
+def test_check_indices_takes_integer_tensors_on_the_device_only():
+    cpu = torch.device("cpu")
+    for dtype in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
+        check_indices(torch.zeros(3, dtype=dtype), cpu)
+    for bad in (torch.zeros(3), torch.zeros(3, dtype=torch.bool), [0, 1]):
+        with pytest.raises(InputError, match="integer tensor"):
+            check_indices(bad, cpu)
+    with pytest.raises(InputError, match="are on meta, the compressed matrix on cpu"):
+        check_indices(torch.zeros(3, dtype=torch.int64, device="meta"), cpu)

@@ -28,6 +28,17 @@ from .tensor import CompressedTensor
 # Index dtypes the row decoders take (F.embedding's and the narrower integers).
 INDEX_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
 
+
+def check_indices(rows, device: torch.device) -> None:
+    """InputError unless `rows` is a tensor of INDEX_DTYPES on `device`: the indices the custom
+    op and the GPU row decoder take."""
+    if not isinstance(rows, torch.Tensor) or rows.dtype not in INDEX_DTYPES:
+        raise InputError(f"row indices must be an integer tensor, got "
+                         f"{getattr(rows, 'dtype', type(rows).__name__)}")
+    if rows.device != device:
+        raise InputError(f"row indices are on {rows.device}, the compressed matrix on {device}")
+
+
 # Rows decoded per pass: bounds the intermediates (~40 bytes per element) for long prompts.
 _ROWS_PER_PASS = 256
 

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from ..errors import InputError
 from ..format import CompressedTensor, decompress_reference
-from ..format.rows import INDEX_DTYPES, decode_rows
+from ..format.rows import check_indices, decode_rows
 from ..format.tensor import STREAMS
 
 # Values of the GEMM op's `fused` argument (an int keeps the schema plain):
@@ -73,14 +73,6 @@ def _decompress_fake(sign_mantissa, planes, fallback_entries, fallback_offsets, 
 
 # --- zipgen::decode_rows -------------------------------------------------------------------------
 
-def check_row_ids(ids: torch.Tensor, device: torch.device) -> None:
-    """The errors F.embedding would give for the indices, worded for a compressed table."""
-    if ids.dtype not in INDEX_DTYPES:
-        raise InputError(f"zipgen embedding: indices must be an integer tensor, got {ids.dtype}")
-    if ids.device != device:
-        raise InputError(f"zipgen embedding: indices are on {ids.device}, the table on {device}")
-
-
 @torch.library.custom_op("zipgen::decode_rows", mutates_args=(), device_types="cpu",
                          schema="(Tensor ids, Tensor sign_mantissa, Tensor planes, "
                                 "Tensor fallback_entries, Tensor fallback_offsets, int n, int k, "
@@ -91,7 +83,7 @@ def decode_rows_op(ids: torch.Tensor, sign_mantissa: torch.Tensor, planes: torch
     """BF16 [*ids.shape, k]: rows `ids` of the matrix, bit for bit. CPU: gathers
     (zipgen.format.rows.decode_rows; `keys`, its entry_keys(), makes them fast). CUDA: the
     generated row decoder, one launch (keys unused)."""
-    check_row_ids(ids, sign_mantissa.device)
+    check_indices(ids, sign_mantissa.device)
     return decode_rows(unchecked(n, k, base, sign_mantissa, planes, fallback_entries,
                                  fallback_offsets), ids, keys)
 
@@ -107,7 +99,7 @@ def _decode_rows_cuda(ids, sign_mantissa, planes, fallback_entries, fallback_off
 @decode_rows_op.register_fake
 def _decode_rows_fake(ids, sign_mantissa, planes, fallback_entries, fallback_offsets, n, k, base,
                       keys):
-    check_row_ids(ids, sign_mantissa.device)
+    check_indices(ids, sign_mantissa.device)
     return sign_mantissa.new_empty(tuple(ids.shape) + (k,), dtype=torch.bfloat16)
 
 

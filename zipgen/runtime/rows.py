@@ -8,7 +8,7 @@ from ..codegen import RowsConfig
 from ..errors import InputError
 from ..format import CompressedTensor
 from ..format.layout import COLS_PER_STRIP, padded_shape
-from ..format.rows import INDEX_DTYPES
+from ..format.rows import check_indices
 from .decode import check_stream_alignment
 from .kernels import get_kernel, launch
 
@@ -23,11 +23,7 @@ def decode_rows_cuda(ct: CompressedTensor, ids: torch.Tensor,
     if ct.device.type != "cuda":
         raise InputError(f"decode_rows_cuda needs a CompressedTensor on a CUDA device, not "
                          f"{ct.device}")
-    if not isinstance(ids, torch.Tensor) or ids.dtype not in INDEX_DTYPES:
-        raise InputError(f"row indices must be an integer tensor, got "
-                         f"{getattr(ids, 'dtype', type(ids).__name__)}")
-    if ids.device != ct.device:
-        raise InputError(f"row indices are on {ids.device}, the compressed matrix on {ct.device}")
+    check_indices(ids, ct.device)
     n, k = ct.shape
     flat = ids.reshape(-1).to(torch.int64).contiguous()  # no copy when already int64 and dense
     out = torch.empty((flat.numel(), k), dtype=torch.bfloat16, device=ct.device)
