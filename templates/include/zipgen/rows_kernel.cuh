@@ -67,7 +67,7 @@ __device__ __forceinline__ void decode_rows(
     const unsigned pos = entry_position(e), b = pos & 31u;  // b = register + 16 * half-word
     if ((pos >> 5) != static_cast<unsigned>(lane) || (b & 1u) != static_cast<unsigned>(half)) continue;
     const unsigned r = b & 15u, j = 2 * (r >> 2) + ((r >> 1) & 1u);
-    const unsigned v = (((entry_exponent(e) & 0xFFu) << 7) ^ (base_pair & 0x7F80u)) << (b & 16u);
+    const unsigned v = exponent_patch(e, base_pair & 0x7F80u, b);
 #pragma unroll
     for (unsigned jj = 0; jj < 8; ++jj)
       if (jj == j) pairs[jj] ^= v;  // a constant index: the pairs stay in registers

@@ -153,6 +153,13 @@ __device__ __forceinline__ unsigned entry_at(const unsigned* __restrict__ words,
 __device__ __forceinline__ unsigned entry_position(unsigned e) { return e & 1023u; }
 __device__ __forceinline__ unsigned entry_exponent(unsigned e) { return e >> 10; }
 
+// What to XOR into the register pair holding the element record e names, to turn the exponent
+// `base` its decode left there (code 0) into the record's: (exponent ^ base) << 7 in the pair's
+// low or high half. base_field = base << 7; b = the position's low 5 bits (register + 16 half).
+__device__ __forceinline__ unsigned exponent_patch(unsigned e, unsigned base_field, unsigned b) {
+  return (((entry_exponent(e) & 0xFFu) << 7) ^ base_field) << (b & 16u);
+}
+
 // Position of a lane element inside its strip: register r = 4t + f, half e.
 __device__ __forceinline__ int element_row(int lane, int r) { return (lane >> 2) + 8 * (r & 1); }
 __device__ __forceinline__ int element_col(int lane, int r, int e) {

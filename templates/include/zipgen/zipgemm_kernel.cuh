@@ -96,7 +96,7 @@ struct EntrySource {
 __device__ __forceinline__ void xor_entry(unsigned e, unsigned warp_tile, unsigned base_field) {
   const unsigned pos = entry_position(e), b = pos & 31u;
   red_shared_xor(warp_tile + (pos >> 5) * kLaneStageBytes + 4 * (b & 15u),
-                 (((entry_exponent(e) & 0xFFu) << 7) ^ base_field) << (b & 16u));
+                 exponent_patch(e, base_field, b));
 }
 
 // The patch step: the warp's lanes take the strip's entries one each (a trained strip has ~17;
