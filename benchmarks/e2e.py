@@ -4,7 +4,8 @@ its Linear layers compressed (zipgen.nn.compress_model), one harness for both.
     python benchmarks/e2e.py [--model 8b|70b] [--layers N] [--batches 1,8,32] [--prompt 128]
                              [--new-tokens 256] [--mode graph|compile|eager]
                              [--path auto|fused|decode] [--compress-embeddings]
-                             [--fuse-siblings] [--compressed-only] [--json out.json]
+                             [--fuse-siblings] [--fuse-gated-mlp] [--compressed-only]
+                             [--json out.json]
                              [--attn sdpa|sdpa-math|eager] [--tokens-out tokens.pt]
                              [--processes N]
 
@@ -16,6 +17,10 @@ chooses its kernels per process; BENCHMARKS.md, thirteenth session).
 zipgen.nn.fuse_siblings) into one Linear each, in the BF16 model before its run, so both models
 run the same fused shapes; with --compressed-only it stacks the compressed layers (decoded,
 stacked, compressed again: lossless).
+
+--fuse-gated-mlp (with --fuse-siblings) moves each compressed MLP's SiLU-and-product into its
+stacked gate / up GEMM (zipgen.nn.fuse_gated_mlps; the compressed model only: cuBLAS has no such
+epilogue, and the BF16 model keeps PyTorch's elementwise kernel).
 
 --compressed-only builds the model compressed layer by layer (each matrix drawn in BF16 on the
 device, compressed, released), so a model whose BF16 weights do not fit the GPU (the 70B
@@ -126,6 +131,8 @@ def main(argv=None):
                     help="also compress the input embedding table (zipgen.nn.ZipEmbedding)")
     ap.add_argument("--fuse-siblings", action="store_true",
                     help="stack q/k/v and gate/up into one Linear each, in both models")
+    ap.add_argument("--fuse-gated-mlp", action="store_true",
+                    help="with --fuse-siblings: SiLU x up in the compressed gate/up GEMM")
     ap.add_argument("--compressed-only", action="store_true",
                     help="build the model compressed layer by layer; no BF16 baseline")
     ap.add_argument("--device", default="cuda", help="cpu only for a smoke test (--mode eager)")
@@ -205,6 +212,8 @@ def _run(args, attn: str):
         print(f"# built and compressed in {time.perf_counter() - started:.1f} s: {summary}")
         if args.fuse_siblings:
             print(f"# siblings: {hf.fuse_projections(model).summary()}", flush=True)
+        if args.fuse_gated_mlp:
+            print(f"# gated MLPs fused: {len(hf.fuse_gated(model))}", flush=True)
         hf_bench.set_gemm_path(model, args.path)
         print(f"# zipgen ({args.path} GEMM path): {hf_bench.weight_memory(model)}; no BF16 "
               f"baseline (--compressed-only)", flush=True)
@@ -218,8 +227,14 @@ def _run(args, attn: str):
         if args.fuse_siblings:
             print(f"# siblings: {hf.fuse_projections(model).summary()} (both models)",
                   flush=True)
+        def to_compressed(m):
+            summary = compress_model(m, embeddings=args.compress_embeddings).summary()
+            if args.fuse_gated_mlp:
+                summary += f"; {len(hf.fuse_gated(m))} gated MLPs fused"
+            return summary
+
         text, rows = hf_bench.compare(
-            model, lambda m: compress_model(m, embeddings=args.compress_embeddings).summary(),
+            model, to_compressed,
             batches=batches, prompt_len=args.prompt,
             new_tokens=args.new_tokens, mode=args.mode, path=args.path,
             log=lambda s: print(s, flush=True), tokens_out=args.tokens_out)

@@ -104,6 +104,11 @@ class ZipGemmConfig(_Config):
     # load and one patch pass serve both; offsets, address arithmetic, __syncwarps and loop
     # control are paid once per 128 columns (the M = 1 kernels are nearly issue-bound)
     strip_pairs: bool = False
+    # W is a gate and an up projection stacked ([gate; up]) and the kernel writes
+    # silu(x gate^T) * (x up^T) (paired kernel only; paired_kernel.cuh): a Llama-style MLP's
+    # activation in the GEMM's epilogue, saving a launch per layer. Not a tuned field: the
+    # runtime sets it on the tuned winner (zipgen.runtime.gemm_silu_mul)
+    silu_mul: bool = False
 
     op = "zipgemm"
     template = "zipgemm.cu.j2"
@@ -161,6 +166,11 @@ class ZipGemmConfig(_Config):
                                        and self.x_strips == 1 and self.k_splits == 1):
             out.append("strip_pairs=True needs stage_x=False, wgmma=False, specialized=False, "
                        "row_strips=1, x_strips=1 and k_splits=1 (the direct mma.sync path)")
+        if not isinstance(self.silu_mul, bool):
+            out.append(f"silu_mul={self.silu_mul!r} is not a bool")
+        elif self.silu_mul and not (self.strip_pairs is True and self.row_groups in (2, 4)):
+            out.append("silu_mul=True needs strip_pairs=True and 2 or 4 row groups (half of "
+                       "them take gate rows, half the up rows of the same outputs)")
         if not out and self.smem_bytes > arch.max_smem_per_block:
             out.append(f"{self.smem_bytes} B of shared memory exceed {arch.name}'s "
                        f"{arch.max_smem_per_block} B")
@@ -214,7 +224,8 @@ class ZipGemmConfig(_Config):
                 + (f"_x{self.x_strips}" if self.x_strips > 1 else "")
                 + (f"_k{self.k_splits}" if self.k_splits > 1 else "")
                 + ("_ws" if self.specialized else "")
-                + ("_p2" if self.strip_pairs else ""))
+                + ("_p2" if self.strip_pairs else "")
+                + ("_silu" if self.silu_mul else ""))
 
     @property
     def min_ctas(self) -> int | None:

@@ -29,6 +29,7 @@ from ..checkpoint.manifest import Manifest
 from ..errors import InputError
 from ..nn.compressed import CompressedWeight
 from ..nn.fuse import fuse_siblings as stack_siblings
+from ..nn.gated import fuse_gated_mlps
 from ..nn.replace import empty_weights, load_compressed
 from ..report import human_bytes
 
@@ -51,7 +52,8 @@ def from_pretrained(folder, device="cuda", dtype=torch.bfloat16, fuse_siblings: 
     dtype: must be torch.bfloat16 (the model's activations reach the BF16-only ZipLinear).
     fuse_siblings: stack the projections that read one input (q / k / v, gate / up) into one
     layer each after loading (zipgen.nn.fuse_siblings; losslessly re-compressed), so that one
-    GEMM reads them; it changes the module names, so the model's state dict too.
+    GEMM reads them; it changes the module names, so the model's state dict too. Gated MLPs
+    (SiLU) then take their activation in the stacked GEMM's epilogue (fuse_gated).
     kwargs go to the model's constructor (`_from_config`), e.g. attn_implementation="sdpa".
     Compressed layers run torch.ops.zipgen.gemm: ZipGEMM on a GPU, the reference decoder +
     F.linear on the CPU (exact, slow)."""
@@ -75,6 +77,7 @@ def from_pretrained(folder, device="cuda", dtype=torch.bfloat16, fuse_siblings: 
         model.generation_config = transformers.GenerationConfig.from_pretrained(folder)
     if fuse_siblings:
         fuse_projections(model)
+        fuse_gated(model)
     return model
 
 
@@ -82,6 +85,12 @@ def fuse_projections(model):
     """zipgen.nn.fuse_siblings for a transformers model (q / k / v and gate / up stacked),
     probed with two token ids; returns its FusionReport."""
     return stack_siblings(model, torch.zeros(1, 2, dtype=torch.long, device=model.device))
+
+
+def fuse_gated(model) -> list[str]:
+    """zipgen.nn.fuse_gated_mlps for a transformers model whose gate / up projections were
+    stacked and compressed, probed with two token ids; returns the MLPs replaced."""
+    return fuse_gated_mlps(model, torch.zeros(1, 2, dtype=torch.long, device=model.device))
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
 """The TCA-TBE GEMM and decoders as torch custom ops: `torch.ops.zipgen.gemm`,
+`torch.ops.zipgen.gemm_silu_mul` (a gated MLP's stacked gate / up projection and its activation),
 `torch.ops.zipgen.decompress` and `torch.ops.zipgen.decode_rows` (an embedding lookup).
 
 Custom ops take tensors and scalars, not dataclasses, so a CompressedTensor travels as its four
@@ -153,6 +154,45 @@ def _gemm_backward(ctx, grad):
 
 
 gemm_op.register_autograd(_gemm_backward, setup_context=_gemm_setup_context)
+
+
+# --- zipgen::gemm_silu_mul ------------------------------------------------------------------
+
+def check_stacked(x: torch.Tensor, n: int, k: int) -> None:
+    check_input(x, n, k, None)
+    if n % 2:
+        raise InputError(f"a stacked gate / up weight has an even number of rows, not {n}")
+
+
+@torch.library.custom_op("zipgen::gemm_silu_mul", mutates_args=(), device_types="cpu",
+                         schema="(Tensor x, Tensor sign_mantissa, Tensor planes, "
+                                "Tensor fallback_entries, Tensor fallback_offsets, int n, int k, "
+                                "int base, int fused) -> Tensor")
+def gemm_silu_mul_op(x: torch.Tensor, sign_mantissa: torch.Tensor, planes: torch.Tensor,
+                     fallback_entries: torch.Tensor, fallback_offsets: torch.Tensor, n: int,
+                     k: int, base: int, fused: int) -> torch.Tensor:
+    """silu(x @ Wg^T) * (x @ Wu^T) for the stacked W = [Wg; Wu] (n rows): what a gated MLP's
+    `act_fn(gate_proj(x)) * up_proj(x)` gives on the stacked GEMM's output, bit for bit. CPU:
+    the reference decoder, F.linear, F.silu and the product. Inference only (no backward)."""
+    check_stacked(x, n, k)
+    y = gemm_op(x, sign_mantissa, planes, fallback_entries, fallback_offsets, n, k, base, None,
+                fused)
+    return F.silu(y[..., : n // 2]) * y[..., n // 2:]
+
+
+@gemm_silu_mul_op.register_kernel("cuda")
+def _gemm_silu_mul_cuda(x, sign_mantissa, planes, fallback_entries, fallback_offsets, n, k,
+                        base, fused):
+    from ..runtime.gated import gemm_silu_mul
+    ct = unchecked(n, k, base, sign_mantissa, planes, fallback_entries, fallback_offsets)
+    return gemm_silu_mul(x, ct, fused=None if fused == AUTO else bool(fused))
+
+
+@gemm_silu_mul_op.register_fake
+def _gemm_silu_mul_fake(x, sign_mantissa, planes, fallback_entries, fallback_offsets, n, k,
+                        base, fused):
+    check_stacked(x, n, k)
+    return x.new_empty(tuple(x.shape[:-1]) + (n // 2,))
 
 
 def gemm(x: torch.Tensor, ct: CompressedTensor, bias: torch.Tensor | None = None,

@@ -83,33 +83,17 @@ def gemm(x: torch.Tensor, w: CompressedTensor, bias: torch.Tensor | None = None,
     tuned winner, else fused_config)."""
     _check(x, w, bias, out)
     n, k = w.shape
-    x2 = x.reshape(-1, k)
-    if not x2.is_contiguous() or x2.data_ptr() % 16:  # a fresh copy is contiguous and aligned
-        x2 = x2.clone(memory_format=torch.contiguous_format)
+    x2 = token_rows(x, k)
     m = x2.shape[0]
     y = out if out is not None else torch.empty(tuple(x.shape[:-1]) + (n,), dtype=torch.bfloat16,
                                                 device=x.device)
     if m == 0:
         return y
     y2 = y.view(m, n)
-    can_fuse = k % 8 == 0  # 4-byte activation loads stay aligned
-    if fused is None:  # the tuned switch point, cached per (device, N, K)
-        fused = m <= dispatch.fused_max_m(x.device, n, k, FUSED_MAX_M)
-    elif fused and not can_fuse:
-        raise InputError(f"the fused kernel needs K % 8 == 0 (K = {k}); use fused=None")
-    use_fused = fused and can_fuse
-    if use_fused:
+    if use_fused(x.device, m, n, k, fused):
         # the tuned winner for (device, N, K, M bucket), else fused_config; cached per key
-        cfg = config or dispatch.choose("zipgemm", x.device, n, k, m, fused_config)
-        kernel = get_kernel("zipgemm", cfg, x.device)
-        args = (w.sign_mantissa, w.planes, w.fallback_entries, w.fallback_offsets, x2, bias, y2,
-                m, n, k, padded_shape(n, k)[1] // 64, w.fallback_entries.numel() // 4, w.base)
-        if cfg.wgmma:  # its activations come through the TMA
-            args += (x_tensor_map(x2, cfg.tokens),)
-        if cfg.k_splits > 1:
-            args += split_k_buffers(x.device, *cfg.split_k_sizes(n, m))
-        launch(kernel, grid=cfg.grid(n, m), block=(cfg.threads,), shared_bytes=cfg.smem_bytes,
-               args=args, device=x.device)
+        launch_fused(config or dispatch.choose("zipgemm", x.device, n, k, m, fused_config), w, x2,
+                     bias, y2)
     else:
         weight = decompress_cuda(w, out=scratch(x.device, n, k))
         # the calls F.linear makes, so that this path equals F.linear on the original weights
@@ -118,3 +102,37 @@ def gemm(x: torch.Tensor, w: CompressedTensor, bias: torch.Tensor | None = None,
         else:
             torch.mm(x2, weight.t(), out=y2)
     return y
+
+
+def token_rows(x: torch.Tensor, k: int) -> torch.Tensor:
+    """x as [M, K] rows, contiguous and 16-byte aligned (a fresh copy where it is not)."""
+    x2 = x.reshape(-1, k)
+    if not x2.is_contiguous() or x2.data_ptr() % 16:
+        x2 = x2.clone(memory_format=torch.contiguous_format)
+    return x2
+
+
+def use_fused(device: torch.device, m: int, n: int, k: int, fused: bool | None) -> bool:
+    """Whether a call runs the fused kernel: `fused` if given (True needs K % 8 == 0, for
+    aligned 4-byte activation loads), else the tuned switch point, cached per (device, N, K)."""
+    if fused is None:
+        return m <= dispatch.fused_max_m(device, n, k, FUSED_MAX_M) and k % 8 == 0
+    if fused and k % 8:
+        raise InputError(f"the fused kernel needs K % 8 == 0 (K = {k}); use fused=None")
+    return fused
+
+
+def launch_fused(cfg: ZipGemmConfig, w: CompressedTensor, x2: torch.Tensor, bias, y2) -> None:
+    """The fused kernel of `cfg` on x2 [M, K] into y2 (its [M, N] output, or [M, N / 2] for
+    cfg.silu_mul)."""
+    n, k = w.shape
+    m = x2.shape[0]
+    kernel = get_kernel("zipgemm", cfg, x2.device)
+    args = (w.sign_mantissa, w.planes, w.fallback_entries, w.fallback_offsets, x2, bias, y2,
+            m, n, k, padded_shape(n, k)[1] // 64, w.fallback_entries.numel() // 4, w.base)
+    if cfg.wgmma:  # its activations come through the TMA
+        args += (x_tensor_map(x2, cfg.tokens),)
+    if cfg.k_splits > 1:
+        args += split_k_buffers(x2.device, *cfg.split_k_sizes(n, m))
+    launch(kernel, grid=cfg.grid(n, m), block=(cfg.threads,), shared_bytes=cfg.smem_bytes,
+           args=args, device=x2.device)

@@ -14,6 +14,11 @@
 // go one at a time after the loop, through zipgemm_rows' strip step, to the warp whose turn the
 // next unit would have been. Sums: each warp in K order, the slices in a fixed order at the end:
 // deterministic.
+//
+// kSiluMul (ZipGemmConfig.silu_mul): W is a gate and an up projection stacked ([gate; up], N / 2
+// rows each), and the kernel writes silu(x gate^T) * (x up^T), [M, N / 2]. The CTA's first
+// kRowGroups / 2 strip rows are gate rows, the others the up rows of the same outputs, so one
+// CTA holds both sums of an output (store_silu_mul).
 #pragma once
 #include <zipgen/zipgemm_kernel.cuh>
 
@@ -70,8 +75,29 @@ __device__ __forceinline__ void patch_pair(const PairEntries& in, unsigned tile0
   }
 }
 
-template <int kWarps, int kRowGroups, int kTokenTiles, int kDepth>
+// kSiluMul: the CTA's outputs from its partials: gate row r and up row r + kRows / 2 of the
+// CTA's rows make output r. Each sum rounded to BF16, SiLU in FP32 of the rounded gate rounded
+// to BF16, then the product rounded: eager PyTorch's act_fn(gate) * up on those BF16 values,
+// bit for bit (silu is x / (1 + exp(-x)) in FP32 there too). No bias.
+template <int kWarps, typename Partials>
+__device__ __forceinline__ void store_silu_mul(const GemmArgs& a, const Partials& partials,
+                                               int tok0) {
+  constexpr int kOut = Partials::kRows / 2;
+  const int half = a.n / 2;
+  for (int i = threadIdx.x; i < kOut * (Partials::kTile / Partials::kRows); i += kWarps * 32) {
+    const int r = i % kOut, t = i / kOut;
+    const int row = blockIdx.x * kOut + r, tok = tok0 + t;
+    if (row >= half || tok >= a.m) continue;
+    const float gate = bf16_bits_to_float(float_to_bf16_bits(partials.sum(r, t)));
+    const float up = bf16_bits_to_float(float_to_bf16_bits(partials.sum(r + kOut, t)));
+    const float act = bf16_bits_to_float(float_to_bf16_bits(gate / (1.0f + expf(-gate))));
+    a.y[static_cast<long long>(tok) * half + row] = float_to_bf16_bits(act * up);
+  }
+}
+
+template <int kWarps, int kRowGroups, int kTokenTiles, int kDepth, bool kSiluMul = false>
 __device__ __forceinline__ void zipgemm_pairs(const GemmArgs& a, unsigned char* smem) {
+  static_assert(!kSiluMul || kRowGroups % 2 == 0, "silu_mul pairs gate and up row groups");
   constexpr int kWarpsK = kWarps / kRowGroups;  // warps sharing a strip row split its units
   constexpr int kTokens = kTokenTiles * 8;
   constexpr int kBuffers = kDepth + 1;          // strips loaded ahead + the one being decoded
@@ -81,8 +107,18 @@ __device__ __forceinline__ void zipgemm_pairs(const GemmArgs& a, unsigned char* 
   const int warp = threadIdx.x >> 5;
   const int g = lane >> 2, q = lane & 3;
   const int member = warp % kRowGroups, slice = warp / kRowGroups;
-  // a strip row past N (last CTA) redoes the last one; its sums are never stored
-  const int strip_row = min(static_cast<int>(blockIdx.x) * kRowGroups + member, (a.n - 1) / kStripRows);
+  // a strip row past N (last CTA) redoes the last one; its sums are never stored. kSiluMul: row
+  // groups [0, kRowGroups / 2) take gate strip rows, the others the up strip rows N / 2 further
+  // (the runtime passes N / 2 a multiple of 16)
+  int strip_row;
+  if constexpr (kSiluMul) {
+    constexpr int kHalf = kRowGroups / 2;
+    const int half_rows = a.n / 2 / kStripRows;
+    strip_row = min(static_cast<int>(blockIdx.x) * kHalf + member % kHalf, half_rows - 1) +
+                (member / kHalf) * half_rows;
+  } else {
+    strip_row = min(static_cast<int>(blockIdx.x) * kRowGroups + member, (a.n - 1) / kStripRows);
+  }
   const int tok0 = blockIdx.y * kTokens;
   const int whole = a.strips_per_row_group - ((a.k & 63) != 0);  // strips of 64 columns
   const int units = whole / 2;
@@ -197,8 +233,11 @@ __device__ __forceinline__ void zipgemm_pairs(const GemmArgs& a, unsigned char* 
   }
 
   // Sum each strip row's K-slice partials in slice order and write BF16 rows of y.
-  store_cta_tile<kWarps>(a, CtaPartials<kWarps, kRowGroups, 1, kTokenTiles>(smem, acc, warp, g, q),
-                         tok0);
+  const CtaPartials<kWarps, kRowGroups, 1, kTokenTiles> partials(smem, acc, warp, g, q);
+  if constexpr (kSiluMul)
+    store_silu_mul<kWarps>(a, partials, tok0);
+  else
+    store_cta_tile<kWarps>(a, partials, tok0);
 }
 
 }  // namespace zipgen
