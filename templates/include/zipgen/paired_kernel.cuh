@@ -75,10 +75,17 @@ __device__ __forceinline__ void patch_pair(const PairEntries& in, unsigned tile0
   }
 }
 
+// FP32 -> BF16 bits as PyTorch's CUDA kernels round (cvt.rn.bf16.f32): to nearest even, and
+// every NaN to 0x7FFF (float_to_bf16_bits, which the GEMM's own outputs use, gives 0x7FC0).
+__device__ __forceinline__ unsigned short torch_cuda_bf16_bits(float f) {
+  return (__float_as_uint(f) & 0x7FFFFFFFu) > 0x7F800000u ? 0x7FFFu : float_to_bf16_bits(f);
+}
+
 // kSiluMul: the CTA's outputs from its partials: gate row r and up row r + kRows / 2 of the
-// CTA's rows make output r. Each sum rounded to BF16, SiLU in FP32 of the rounded gate rounded
-// to BF16, then the product rounded: eager PyTorch's act_fn(gate) * up on those BF16 values,
-// bit for bit (silu is x / (1 + exp(-x)) in FP32 there too). No bias.
+// CTA's rows make output r. Each sum rounded to BF16 as the plain kernel writes it, SiLU in FP32
+// of the rounded gate rounded to BF16, then the product rounded: eager PyTorch's
+// act_fn(gate) * up on those BF16 values, bit for bit (silu is x / (1 + exp(-x)) in FP32 there
+// too). No bias.
 template <int kWarps, typename Partials>
 __device__ __forceinline__ void store_silu_mul(const GemmArgs& a, const Partials& partials,
                                                int tok0) {
@@ -90,8 +97,8 @@ __device__ __forceinline__ void store_silu_mul(const GemmArgs& a, const Partials
     if (row >= half || tok >= a.m) continue;
     const float gate = bf16_bits_to_float(float_to_bf16_bits(partials.sum(r, t)));
     const float up = bf16_bits_to_float(float_to_bf16_bits(partials.sum(r + kOut, t)));
-    const float act = bf16_bits_to_float(float_to_bf16_bits(gate / (1.0f + expf(-gate))));
-    a.y[static_cast<long long>(tok) * half + row] = float_to_bf16_bits(act * up);
+    const float act = bf16_bits_to_float(torch_cuda_bf16_bits(gate / (1.0f + expf(-gate))));
+    a.y[static_cast<long long>(tok) * half + row] = torch_cuda_bf16_bits(act * up);
   }
 }
 
