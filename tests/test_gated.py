@@ -109,10 +109,11 @@ def test_fuse_gated_mlps_replaces_only_silu_mlps_and_keeps_the_bits():
     x = torch.randn(2, 3, 64).to(torch.bfloat16)
     assert fuse_siblings(net, x).summary() == "6 Linear layers fused into 3"
     compress_model(net)
-    expected = net(x)
+    expected, one = net(x), net(x[:1, :1])
     assert fuse_gated_mlps(net, x) == ["silu"]
     assert isinstance(net.silu, GatedMLP) and isinstance(net.gelu, _MLP)
     assert torch.equal(net(x), expected)
+    assert torch.equal(net(x[:1, :1]), one)  # one token: the gemm_silu_mul op
     assert torch.equal(torch.compile(net, backend="aot_eager", fullgraph=True)(x), expected)
     assert "silu.gate_up.sign_mantissa" in net.state_dict()
     decompress_model(net)  # the BF16 model again: PyTorch takes the product, the same bits

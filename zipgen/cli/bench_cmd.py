@@ -33,7 +33,8 @@ def add_parsers(sub) -> None:
     p.add_argument("--no-baseline", action="store_true", help="benchmark the compressed model only")
     p.add_argument("--fuse-siblings", action="store_true",
                    help="stack q/k/v and gate/up into one layer each, in both models "
-                        "(zipgen.nn.fuse_siblings)")
+                        "(zipgen.nn.fuse_siblings); gated MLPs then take SiLU x up in the "
+                        "compressed gate/up GEMM (zipgen.nn.fuse_gated_mlps)")
     p.add_argument("--json", type=Path, help="write the rows to this file")
     p.add_argument("--tokens-out", type=Path,
                    help="torch.save every generated token here, to compare two runs bit for bit")
