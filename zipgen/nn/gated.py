@@ -66,8 +66,8 @@ def fuse_gated_mlps(model: nn.Module, *args, **kwargs) -> list[str]:
     """Replace every gated MLP of `model` (see the module's docstring) by a GatedMLP, confirmed
     on the input model(*args, **kwargs) gives it (a few token ids for a language model).
     Returns the names replaced. The names in the state dict change (gate_up, down_proj)."""
-    candidates = {name: m for name, m in model.named_modules()
-                  if name and stacked_gate_up(m) is not None}
+    candidates = {name: (m, stacked) for name, m in model.named_modules()
+                  if name and (stacked := stacked_gate_up(m)) is not None}
     seen: dict[str, tuple] = {}
 
     def record(name):
@@ -75,7 +75,7 @@ def fuse_gated_mlps(model: nn.Module, *args, **kwargs) -> list[str]:
             seen.setdefault(name, (inputs[0], output))
         return hook
 
-    hooks = [m.register_forward_hook(record(name)) for name, m in candidates.items()]
+    hooks = [m.register_forward_hook(record(name)) for name, (m, _) in candidates.items()]
     try:
         with torch.no_grad():
             model(*args, **kwargs)
@@ -83,10 +83,10 @@ def fuse_gated_mlps(model: nn.Module, *args, **kwargs) -> list[str]:
         for h in hooks:
             h.remove()
     replaced = []
-    for name, module in candidates.items():
+    for name, (module, stacked) in candidates.items():
         if name not in seen:
             continue
-        fused = GatedMLP(stacked_gate_up(module), module.down_proj)
+        fused = GatedMLP(stacked, module.down_proj)
         x, expected = seen[name]
         with torch.no_grad():
             if not torch.equal(fused(x), expected):

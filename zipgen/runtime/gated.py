@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from ..errors import InputError
 from ..format import CompressedTensor
 from ..tune import dispatch
-from .gemm import _check, fused_config, gemm, launch_fused, token_rows, use_fused
+from .gemm import (check_gemm_inputs, fused_config, gemm, launch_fused, token_rows,
+                   use_fused)
 
 
 def fuses_silu_mul(cfg, n: int) -> bool:
@@ -30,7 +31,7 @@ def gemm_silu_mul(x: torch.Tensor, w: CompressedTensor, out: torch.Tensor | None
                   fused: bool | None = None) -> torch.Tensor:
     """silu(x @ Wg^T) * (x @ Wu^T) for W = [Wg; Wu] (N rows, N even): BF16 [..., N / 2]. `fused`
     as for gemm(); the epilogue is used where the fused kernel's tuned configuration allows."""
-    _check(x, w, None, None)
+    check_gemm_inputs(x, w, None, None)
     n, k = w.shape
     if n % 2:
         raise InputError(f"a stacked gate / up weight has an even number of rows, not {n}")

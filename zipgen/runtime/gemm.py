@@ -50,7 +50,8 @@ def fused_config(m: int, n: int, k: int) -> ZipGemmConfig:
     return next(c for c in candidates if not any(c.problems(a) for a in ARCHES.values()))
 
 
-def _check(x: torch.Tensor, w: CompressedTensor, bias, out):
+def check_gemm_inputs(x: torch.Tensor, w: CompressedTensor, bias, out):
+    """Clear errors for a GEMM's arguments (out: [..., N]; None to check it elsewhere)."""
     if not isinstance(w, CompressedTensor):
         raise InputError(f"w must be a zipgen.CompressedTensor, got {type(w).__name__}")
     if not isinstance(x, torch.Tensor) or x.dtype != torch.bfloat16:
@@ -81,7 +82,7 @@ def gemm(x: torch.Tensor, w: CompressedTensor, bias: torch.Tensor | None = None,
     [..., N]. `fused` forces (True) or forbids (False) the fused kernel (default: the tuned
     switch point, else M <= FUSED_MAX_M); `config` picks its tile configuration (default: the
     tuned winner, else fused_config)."""
-    _check(x, w, bias, out)
+    check_gemm_inputs(x, w, bias, out)
     n, k = w.shape
     x2 = token_rows(x, k)
     m = x2.shape[0]
