@@ -89,6 +89,17 @@ class FusionReport:
         return f"{layers} Linear layers fused into {len(self.groups)}"
 
 
+def probe_run(model: nn.Module, hooks, *args, **kwargs) -> None:
+    """model(*args, **kwargs) once without gradients, for the hooks that watch it; the hooks
+    (their handles) are removed afterwards, also when the run fails."""
+    try:
+        with torch.no_grad():
+            model(*args, **kwargs)
+    finally:
+        for h in hooks:
+            h.remove()
+
+
 def find_siblings(model: nn.Module, *args, **kwargs) -> list[tuple[str, tuple[str, ...]]]:
     """Run model(*args, **kwargs) once (no grad) and return (parent name, child names) for each
     set of >= 2 nn.Linear or ZipLinear children of one parent that received the same input
@@ -110,11 +121,8 @@ def find_siblings(model: nn.Module, *args, **kwargs) -> list[tuple[str, tuple[st
 
             hooks.append(module.register_forward_pre_hook(hook))
     try:
-        with torch.no_grad():
-            model(*args, **kwargs)
+        probe_run(model, hooks, *args, **kwargs)
     finally:
-        for h in hooks:
-            h.remove()
         alive.clear()
     groups = []
     for (parent, _), kids in by_input.items():

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import ops
-from .fuse import SiblingSlice
+from .fuse import SiblingSlice, probe_run
 from .linear import ZipLinear
 
 
@@ -75,13 +75,8 @@ def fuse_gated_mlps(model: nn.Module, *args, **kwargs) -> list[str]:
             seen.setdefault(name, (inputs[0], output))
         return hook
 
-    hooks = [m.register_forward_hook(record(name)) for name, (m, _) in candidates.items()]
-    try:
-        with torch.no_grad():
-            model(*args, **kwargs)
-    finally:
-        for h in hooks:
-            h.remove()
+    probe_run(model, [m.register_forward_hook(record(name))
+                      for name, (m, _) in candidates.items()], *args, **kwargs)
     replaced = []
     for name, (module, stacked) in candidates.items():
         if name not in seen:
