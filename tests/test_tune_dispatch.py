@@ -151,7 +151,7 @@ def test_gemm_takes_the_switch_point_and_config_from_dispatch(fake_gpu, monkeypa
     w = (torch.randn(64, 128) * 0.02).to(torch.bfloat16)
     ct = zipgen.compress(w)
     launched, decoded = [], []
-    monkeypatch.setattr(gemm_module, "_check", lambda *a: None)
+    monkeypatch.setattr(gemm_module, "check_gemm_inputs", lambda *a: None)
     monkeypatch.setattr(gemm_module, "get_kernel", lambda op, cfg, device: cfg)
     monkeypatch.setattr(gemm_module, "launch", lambda kernel, **kw: launched.append(kernel))
     monkeypatch.setattr(gemm_module, "decompress_cuda",
