@@ -28,12 +28,12 @@ TUNED_DECODE = DecodeConfig(8, 1)  # the runtime picks tuned decoders too
 SLOWER = ZipGemmConfig(4, 1, 2, 1)  # measured for TUNED's problem too, slower: not a winner
 
 
-def _record(status, op, arch, config, median_us=10.0):
+def _record(status, op, arch, config, median_us=10.0, n=4096):
     """A line of the tuning database, as zipgen.tune writes it."""
     ok = status == "ok"
     return json.dumps({
         "schema": 1, "status": status, "config": config, "error": None if ok else "failed",
-        "problem": {"op": op, "n": 4096, "k": 4096, "m": None if op == "decode" else 1,
+        "problem": {"op": op, "n": n, "k": 4096, "m": None if op == "decode" else 1,
                     "m_bucket": None if op == "decode" else 1, "dtypes": "bf16",
                     "format_version": FORMAT_VERSION},
         "target": {"arch": arch, "device_name": "NVIDIA H100", "sm_count": 132},
@@ -317,3 +317,25 @@ def test_a_wgmma_winner_ships_as_an_sm_90a_cubin_that_the_runtime_finds(tmp_path
     for arch in ("sm_90", "sm_90a"):  # the device's arch, or the one compile_arch gives
         got = resolve_kernel("zipgemm", arch, wgmma)
         assert got.origin == f"bundle {result.path}" and got.kernel_name == entry.kernel_name
+
+
+def test_a_paired_winner_ships_with_its_gated_mlp_epilogue(tmp_path, monkeypatch):
+    """A paired winner with 2 row groups brings its silu_mul variant (the runtime derives it for
+    a stacked gate / up at M = 1), resolved from the bundle without NVRTC; a one-row-group
+    winner, which cannot take the epilogue, brings none."""
+    paired = ZipGemmConfig(4, 1, 1, 2, strip_pairs=True)
+    single = ZipGemmConfig(8, 1, 1, 1, strip_pairs=True)
+    db = tmp_path / "tuning.jsonl"
+    db.write_text("".join(_record("ok", "zipgemm", "sm_90", c.as_dict(), n=n) + "\n"
+                          for c, n in ((paired, 28672), (single, 6144))))
+    result = build_bundle(["sm_90"], db=db, out=tmp_path / "bundle")
+    configs = {entry_config(e): e for e in result.manifest.kernels if e.op == "zipgemm"}
+    gated = ZipGemmConfig(4, 1, 1, 2, strip_pairs=True, silu_mul=True)
+    assert configs[gated].tuned and configs[gated].kernel_name.endswith("_p2_silu")
+    assert paired in configs and single in configs
+    assert not any(c.silu_mul and c.row_groups == 1 for c in configs)
+    _forbid_nvrtc(monkeypatch)
+    monkeypatch.setenv(loader.ENV_BUNDLE_DIR, str(result.path))
+    monkeypatch.setenv(loader.ENV_DISABLE_JIT, "1")
+    got = resolve_kernel("zipgemm", "sm_90", gated)
+    assert got.origin == f"bundle {result.path}" and got.kernel_name == configs[gated].kernel_name

@@ -6,12 +6,13 @@ sees half a bundle.
 """
 from __future__ import annotations
 
+
 import datetime
 import json
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .. import FORMAT_VERSION, __version__
@@ -134,11 +135,23 @@ def new_manifest(kernels) -> Manifest:
                     headers_sha256=current_headers_sha256(), kernels=tuple(kernels))
 
 
+def with_variants(configs: list) -> list:
+    """The tuned configs and the variants the runtime derives from them: the gated-MLP
+    epilogue (silu_mul) of a paired winner that can take it (zipgen.runtime.gemm_silu_mul),
+    so that a bundle serves it without NVRTC too."""
+    out = list(configs)
+    for c in configs:
+        if c.op == "zipgemm" and c.takes_silu_mul and not c.silu_mul:
+            out.append(replace(c, silu_mul=True))
+    return list(dict.fromkeys(out))
+
+
 def plan(arches: list[str], winners: list[tuple[str, object]], notes: list[str]) -> list:
-    """(op, arch, config, default, tuned) of every kernel to build, defaults first."""
+    """(op, arch, config, default, tuned) of every kernel to build, defaults first; "tuned"
+    includes the variants derived from the winners (with_variants)."""
     jobs = []
     for arch in arches:
-        tuned = list(dict.fromkeys(c for a, c in winners if a == arch))
+        tuned = with_variants(list(dict.fromkeys(c for a, c in winners if a == arch)))
         for op in OPS:
             defaults = default_configs(op, arch)
             jobs += [(op, arch, c, True, c in tuned) for c in defaults]

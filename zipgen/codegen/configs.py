@@ -168,7 +168,7 @@ class ZipGemmConfig(_Config):
                        "row_strips=1, x_strips=1 and k_splits=1 (the direct mma.sync path)")
         if not isinstance(self.silu_mul, bool):
             out.append(f"silu_mul={self.silu_mul!r} is not a bool")
-        elif self.silu_mul and not (self.strip_pairs is True and self.row_groups in (2, 4)):
+        elif self.silu_mul and not self.takes_silu_mul:
             out.append("silu_mul=True needs strip_pairs=True and 2 or 4 row groups (half of "
                        "them take gate rows, half the up rows of the same outputs)")
         if not out and self.smem_bytes > arch.max_smem_per_block:
@@ -226,6 +226,13 @@ class ZipGemmConfig(_Config):
                 + ("_ws" if self.specialized else "")
                 + ("_p2" if self.strip_pairs else "")
                 + ("_silu" if self.silu_mul else ""))
+
+    @property
+    def takes_silu_mul(self) -> bool:
+        """Whether this kernel can take a gated MLP's SiLU x up in its epilogue (silu_mul): the
+        paired kernel with 2 or 4 row groups, half for gate rows and half for up rows. The
+        runtime (zipgen.runtime.gated) and bundles (their tuned winners' variants) ask it."""
+        return self.strip_pairs is True and self.row_groups in (2, 4)
 
     @property
     def min_ctas(self) -> int | None:

@@ -24,7 +24,7 @@ from .gemm import (check_gemm_inputs, fused_config, gemm, launch_fused, token_ro
 def fuses_silu_mul(cfg, n: int) -> bool:
     """Whether `cfg` can take the product in its epilogue for a stacked N-row weight: the paired
     kernel with 2 or 4 row groups, and whole strip rows in each half."""
-    return cfg.strip_pairs and cfg.row_groups in (2, 4) and n % 32 == 0
+    return cfg.takes_silu_mul and n % 32 == 0
 
 
 def gemm_silu_mul(x: torch.Tensor, w: CompressedTensor, out: torch.Tensor | None = None, *,
