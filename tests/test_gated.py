@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import warnings
 
 import pytest
 import torch
@@ -126,3 +127,36 @@ def test_uncompressed_or_unfused_mlps_are_left_alone():
     assert fuse_gated_mlps(net, x) == []  # siblings not stacked
     fuse_siblings(net, x)
     assert fuse_gated_mlps(net, x) == []  # stacked, but nn.Linear (BF16): cuBLAS has no epilogue
+
+
+def test_a_missing_epilogue_kernel_falls_back_once_with_a_warning(monkeypatch):
+    """With compiling disabled and a bundle without the variant, gemm_silu_mul runs the GEMM and
+    PyTorch's product (the same bits), warns once and does not look the kernel up again. The
+    device is faked: the runtime's checks and kernels are patched, the GEMM is F.linear."""
+    import importlib
+
+    from zipgen.errors import MissingKernelError
+    gated = importlib.import_module("zipgen.runtime.gated")
+    gemm_module = importlib.import_module("zipgen.runtime.gemm")
+    w, ct = _stacked(n=96, k=64)
+    lookups = []
+
+    def missing(op, cfg, device):
+        lookups.append(cfg)
+        raise MissingKernelError(f"no {cfg.kernel_name(arch_traits('sm_90'))}")
+
+    monkeypatch.setattr(gated, "check_gemm_inputs", lambda *a: None)
+    monkeypatch.setattr(gated, "use_fused", lambda *a: True)
+    monkeypatch.setattr(gated.dispatch, "choose", lambda *a: GATE_UP)
+    monkeypatch.setattr(gemm_module, "get_kernel", missing)
+    monkeypatch.setattr(gated, "gemm", lambda x, w_, fused=None: F.linear(x, w))
+    monkeypatch.setattr(gated, "_missing", set())
+    x = torch.randn(1, 64).to(torch.bfloat16)
+    both = F.linear(x, w)
+    expected = F.silu(both[:, :48]) * both[:, 48:]
+    with pytest.warns(UserWarning, match="no kernel for the gated-MLP epilogue"):
+        assert torch.equal(gated.gemm_silu_mul(x, ct), expected)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # not again
+        assert torch.equal(gated.gemm_silu_mul(x, ct), expected)
+    assert lookups == [dataclasses.replace(GATE_UP, silu_mul=True)]

@@ -10,15 +10,18 @@ act_fn(gate) * up on the GEMM's BF16 outputs.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 
 import torch
 import torch.nn.functional as F
 
-from ..errors import InputError
+from ..errors import InputError, MissingKernelError
 from ..format import CompressedTensor
 from ..tune import dispatch
 from .gemm import (check_gemm_inputs, fused_config, gemm, launch_fused, token_rows,
                    use_fused)
+
+_missing: set = set()  # (device, config) of epilogue kernels that could not be had
 
 
 def fuses_silu_mul(cfg, n: int) -> bool:
@@ -48,9 +51,18 @@ def gemm_silu_mul(x: torch.Tensor, w: CompressedTensor, out: torch.Tensor | None
         return y
     if use_fused(x.device, m, n, k, fused):
         cfg = dispatch.choose("zipgemm", x.device, n, k, m, fused_config)
-        if fuses_silu_mul(cfg, n):
-            launch_fused(dataclasses.replace(cfg, silu_mul=True), w, x2, None, y.view(m, half))
-            return y
+        gated = dataclasses.replace(cfg, silu_mul=True) if fuses_silu_mul(cfg, n) else None
+        if gated is not None and (x.device, gated) not in _missing:
+            try:
+                launch_fused(gated, w, x2, None, y.view(m, half))
+                return y
+            except MissingKernelError:  # raised before any launch: nothing was written
+                # a bundle without the variant and no NVRTC (ZIPGEN_DISABLE_JIT): the GEMM and
+                # PyTorch's product give the same bits; warned once, not looked up again
+                _missing.add((x.device, gated))
+                warnings.warn(f"zipgen: no kernel for the gated-MLP epilogue "
+                              f"({gated.describe()}) and compiling is disabled; running the "
+                              f"GEMM and the product separately", stacklevel=2)
     both = gemm(x2, w, fused=fused)
     torch.mul(F.silu(both[:, :half]), both[:, half:], out=y.view(m, half))
     return y
