@@ -285,13 +285,15 @@ def test_fused_siblings_load_and_bench(llama, tmp_path, capsys):
     """from_pretrained(fuse_siblings=True) stacks q / k / v and gate / up of the compressed
     folder losslessly; the fused model predicts like the unfused one; bench-model
     --fuse-siblings runs both models fused (the decode path: 100 % agreement)."""
-    from zipgen.nn import SiblingSlice
+    from zipgen.nn import GatedMLP, SiblingSlice
 
     _, dst = llama
     plain, fused = hf.from_pretrained(dst, device="cpu"), hf.from_pretrained(
         dst, device="cpu", fuse_siblings=True)
     attn = fused.model.layers[0].self_attn
     assert isinstance(attn.q_proj, SiblingSlice)
+    mlp = fused.model.layers[0].mlp  # gate / up stacked, SiLU x up in the GEMM's epilogue
+    assert isinstance(mlp, GatedMLP) and isinstance(mlp.gate_up, ZipLinear)
     stacked = attn.fused_q_proj_k_proj_v_proj
     assert isinstance(stacked, ZipLinear)
     parts = [getattr(plain.model.layers[0].self_attn, n).decompressed_weight()
