@@ -227,6 +227,7 @@ def _run(args, attn: str):
         if args.fuse_siblings:
             print(f"# siblings: {hf.fuse_projections(model).summary()} (both models)",
                   flush=True)
+
         def to_compressed(m):
             summary = compress_model(m, embeddings=args.compress_embeddings).summary()
             if args.fuse_gated_mlp:

@@ -6,7 +6,6 @@ sees half a bundle.
 """
 from __future__ import annotations
 
-
 import datetime
 import json
 import os

@@ -18,8 +18,8 @@ import torch.nn.functional as F
 from ..errors import InputError, MissingKernelError
 from ..format import CompressedTensor
 from ..tune import dispatch
-from .gemm import (check_gemm_inputs, fused_config, gemm, launch_fused, token_rows,
-                   use_fused)
+from .gemm import (check_gemm_inputs, check_out, fused_config, gemm, launch_fused,
+                   token_rows, use_fused)
 
 _missing: set = set()  # (device, config) of epilogue kernels that could not be had
 
@@ -40,10 +40,7 @@ def gemm_silu_mul(x: torch.Tensor, w: CompressedTensor, out: torch.Tensor | None
         raise InputError(f"a stacked gate / up weight has an even number of rows, not {n}")
     half = n // 2
     expected = tuple(x.shape[:-1]) + (half,)
-    if out is not None and (out.dtype != torch.bfloat16 or tuple(out.shape) != expected
-                            or out.device != x.device or not out.is_contiguous()):
-        raise InputError(f"out must be a contiguous BF16 tensor of shape {expected} on "
-                         f"{x.device}, got {out.dtype} {tuple(out.shape)} on {out.device}")
+    check_out(out, expected, x.device)
     y = out if out is not None else torch.empty(expected, dtype=torch.bfloat16, device=x.device)
     x2 = token_rows(x, k)
     m = x2.shape[0]

@@ -51,7 +51,7 @@ def fused_config(m: int, n: int, k: int) -> ZipGemmConfig:
 
 
 def check_gemm_inputs(x: torch.Tensor, w: CompressedTensor, bias, out):
-    """Clear errors for a GEMM's arguments (out: [..., N]; None to check it elsewhere)."""
+    """Clear errors for a GEMM's arguments (out: [..., N]; None to check it with check_out)."""
     if not isinstance(w, CompressedTensor):
         raise InputError(f"w must be a zipgen.CompressedTensor, got {type(w).__name__}")
     if not isinstance(x, torch.Tensor) or x.dtype != torch.bfloat16:
@@ -68,11 +68,15 @@ def check_gemm_inputs(x: torch.Tensor, w: CompressedTensor, bias, out):
         raise InputError(f"bias must be a BF16 tensor of shape ({n},) on {x.device}, got "
                          f"{bias.dtype} {tuple(bias.shape)} on {bias.device}")
     check_stream_alignment(w)
-    expected = tuple(x.shape[:-1]) + (n,)
+    check_out(out, tuple(x.shape[:-1]) + (n,), x.device)
+
+
+def check_out(out, expected: tuple, device: torch.device) -> None:
+    """An `out` argument (or None) must be a contiguous BF16 tensor of the expected shape."""
     if out is not None and (out.dtype != torch.bfloat16 or tuple(out.shape) != expected
-                            or out.device != x.device or not out.is_contiguous()):
+                            or out.device != device or not out.is_contiguous()):
         raise InputError(f"out must be a contiguous BF16 tensor of shape {expected} on "
-                         f"{x.device}, got {out.dtype} {tuple(out.shape)} on {out.device}")
+                         f"{device}, got {out.dtype} {tuple(out.shape)} on {out.device}")
 
 
 def gemm(x: torch.Tensor, w: CompressedTensor, bias: torch.Tensor | None = None,
