@@ -3,7 +3,11 @@ winners: per layer and M, the winner, its paired twin (where the winner is on th
 mma.sync path), a small grid of paired configurations, and cuBLAS, timed in one process.
 
     python benchmarks/pairs_ab.py --db tuning_db [--models 8b,70b] [--ms 1,8]
-                                  [--warps 4,8,16] [--row-groups 1,2] [--depths 1,2] [--json out.json]
+                                  [--warps 4,8,16] [--row-groups 1,2] [--depths 1,2]
+                                  [--stage-x 0,1] [--json out.json]
+
+--stage-x 1 times the paired kernel with activations staged per warp (stage_x,
+paired_activations.cuh), 0 with direct ones (the default), 0,1 both.
 
 Same method as benchmarks/gemm.py (CUDA graphs, weights rotated past L2, medians; every config
 is checked against FP32 first). The winners' kernels are unchanged in this tree (the paired
@@ -19,17 +23,18 @@ from zipgen.codegen import ZipGemmConfig, arch_traits
 from specialized_ab import variant_parser, variant_table
 
 
-def paired_grid(m: int, winner, warps, row_groups, depths):
-    """The winner's paired twin, then warps x row groups x depths with the token tiles that
-    cover M (up to 16 tokens: the direct path), each valid on the GPU's arch."""
+def paired_grid(m: int, winner, warps, row_groups, depths, stage_x=(False,)):
+    """The winner's paired twin, then warps x row groups x depths x stage_x with the token
+    tiles that cover M (up to 16 tokens direct, 32 staged), each valid on the GPU's arch."""
     arch = arch_traits("sm_90")
     seen = []
     twin = dataclasses.replace(winner, strip_pairs=True)
     if not twin.problems(arch):
         seen.append(twin)
-    tiles = next(t for t in (1, 2) if 8 * t >= min(m, 16))
-    for w, rg, d in itertools.product(warps, row_groups, depths):
-        cfg = ZipGemmConfig(w, tiles, d, rg, strip_pairs=True)
+    for w, rg, d, sx in itertools.product(warps, row_groups, depths, stage_x):
+        # up to 16 tokens per CTA with direct activations, 32 staged
+        tiles = next(t for t in (1, 2, 4) if 8 * t >= min(m, 32 if sx else 16))
+        cfg = ZipGemmConfig(w, tiles, d, rg, sx, strip_pairs=True)
         if cfg not in seen and not cfg.problems(arch):
             seen.append(cfg)
     return seen
@@ -40,12 +45,14 @@ def main():
     ap.add_argument("--warps", default="4,8,16")
     ap.add_argument("--row-groups", default="1,2")
     ap.add_argument("--depths", default="1,2")
+    ap.add_argument("--stage-x", default="0")
     args = ap.parse_args()
-    warps, row_groups, depths = ([int(v) for v in s.split(",")]
-                                 for s in (args.warps, args.row_groups, args.depths))
+    warps, row_groups, depths, stage_x = ([int(v) for v in s.split(",")] for s in
+                                          (args.warps, args.row_groups, args.depths, args.stage_x))
+    stage_x = [bool(v) for v in stage_x]
     variant_table(args, "K strips in pairs against the database's winners "
                   "(benchmarks/pairs_ab.py)", "paired",
-                  lambda m, winner: paired_grid(m, winner, warps, row_groups, depths))
+                  lambda m, winner: paired_grid(m, winner, warps, row_groups, depths, stage_x))
 
 
 if __name__ == "__main__":

@@ -68,7 +68,8 @@ def variant_table(args, title: str, label: str, grid):
 def short(cfg) -> str:
     """w16 t32 d1 k2 rg4 (+ ws / p2 for the specialised / paired kernels)."""
     return (f"w{cfg.warps_per_cta} t{cfg.tokens} d{cfg.depth} k{cfg.k_splits} rg{cfg.row_groups}"
-            + (" ws" if cfg.specialized else "") + (" p2" if cfg.strip_pairs else ""))
+            + (" ws" if cfg.specialized else "") + (" p2" if cfg.strip_pairs else "")
+            + (" sx" if cfg.stage_x and cfg.strip_pairs else ""))
 
 
 def variant_parser(doc: str, ms: str) -> argparse.ArgumentParser:

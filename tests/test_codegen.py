@@ -571,11 +571,69 @@ def test_strip_pairs_configs_names_shared_memory_and_register_cap():
     # everything else renders as before: no launch-bounds minimum, no paired header
     plain = render("zipgemm", "sm_80", ZipGemmConfig(16, 1, 1, 1)).source
     assert "__launch_bounds__(512)" in plain and "paired_kernel" not in plain
-    for other in (ZipGemmConfig(8, 1, 1, 1, True, strip_pairs=True),
-                  ZipGemmConfig(8, 1, 1, 1, row_strips=2, strip_pairs=True),
+    for other in (ZipGemmConfig(8, 1, 1, 1, row_strips=2, strip_pairs=True),
                   ZipGemmConfig(16, 4, 1, 4, True, 1, True, strip_pairs=True),
                   ZipGemmConfig(8, 1, 1, 1, strip_pairs=1)):
         assert any("strip_pairs" in p for p in other.problems(arch_traits("sm_90"))), other
+
+
+def test_staged_strip_pairs_configs_shared_memory_arguments_and_arches():
+    """Paired strips with activations staged per warp through the TMA: sm_90 only; two strips'
+    boxes of the CTA's tokens per warp after the decode tiles; the tensor map as an argument."""
+    from zipgen.codegen import ZipGemmConfig, render
+    cfg = ZipGemmConfig(8, 1, 1, 1, True, strip_pairs=True)
+    assert not cfg.problems(arch_traits("sm_90")) and cfg.takes_x_map
+    for arch in ("sm_80", "sm_86", "sm_89"):
+        assert any("TMA" in p for p in cfg.problems(arch_traits(arch))), arch
+    assert cfg.kernel_name(arch_traits("sm_90")).endswith("_w8_d1_sx_p2")
+    assert cfg.smem_bytes == 8 * 2 * 32 * 80 + 8 * 2 * 8 * 128
+    # 16 warps: two CTAs per SM still (2 x (112 KB + 1 KB reserved) <= 228 KB)
+    assert ZipGemmConfig(16, 1, 1, 1, True, strip_pairs=True).smem_bytes == 114688
+    assert ZipGemmConfig(8, 4, 1, 1, True, strip_pairs=True).smem_bytes == 8 * 5120 + 8 * 8192
+    src = render("zipgemm", "sm_90", cfg).source
+    assert "zipgemm_pairs<8, 1, 1, 1, false, true>" in src and "TmaMap x_map" in src
+    assert "&x_map" in src and "paired_kernel.cuh" in src
+    gated = render("zipgemm", "sm_90", ZipGemmConfig(8, 1, 1, 2, True, strip_pairs=True,
+                                                     silu_mul=True)).source
+    assert "zipgemm_pairs<8, 2, 1, 1, true, true>" in gated
+    # the direct paired kernel renders as before: no tensor map, no staging argument
+    direct = ZipGemmConfig(8, 1, 1, 1, strip_pairs=True)
+    assert not direct.takes_x_map
+    src = render("zipgemm", "sm_90", direct).source
+    assert "zipgemm_pairs<8, 1, 1, 1>" in src and "x_map" not in src.split("GemmArgs")[0]
+
+
+@pytest.mark.parametrize("fields", [(8, 1, 1, 1), (16, 1, 1, 2), (4, 1, 1, 1), (8, 2, 2, 2),
+                                    (4, 4, 1, 1), (16, 4, 2, 4)])
+def test_staged_strip_pairs_kernels_compile_without_spills(fields):
+    """One token tile at depth 1 within the 64-register cap (as the direct kernel); up to 4
+    token tiles without spills."""
+    from zipgen.codegen import ZipGemmConfig, render
+    from zipgen.codegen.build import include_dir
+    from zipgen.compile.nvrtc import compile_cubin
+    cfg = ZipGemmConfig(*fields, True, strip_pairs=True)
+    rendered = render("zipgemm", "sm_90", cfg)
+    built = compile_cubin(rendered.source, rendered.arch, options=("-Xptxas=-v",),
+                          include_dirs=(include_dir(),))
+    assert " 0 bytes spill stores" in built.log and " 0 bytes stack frame" in built.log, \
+        built.log[-2000:]
+    if cfg.min_ctas:
+        used = int(re.search(r"Used (\d+) registers", built.log).group(1))
+        assert used <= 64, built.log[-2000:]
+
+
+def test_staged_strip_pairs_load_activations_through_the_tma():
+    """The staged paired loop: per unit one TMA copy (two boxes, one UTMALDG after unrolling
+    counts once per body) and 4 ldmatrix per token tile, instead of 16 global loads of the
+    activations; the compressed stream's loads remain (NVRTC 13.5: 8 LDG per strip against 16)."""
+    _, direct, n_direct = _sm90_main_loop((8, 1, 1, 1, False, 1, False, 1, 1, False, True))
+    kernel, staged, n_staged = _sm90_main_loop((8, 1, 1, 1, True, 1, False, 1, 1, False, True))
+    count = lambda body, op: sum(o.lstrip("@").startswith(op) for _, o, _ in body)  # noqa: E731
+    assert count(staged, "LDSM") == 2 * n_staged
+    assert count(staged, "UTMALDG") >= 1
+    assert count(staged, "LDG") <= count(direct, "LDG") / n_direct * n_staged - 6 * n_staged
+    assert count(staged, "HMMA") >= 4 * n_staged
+    assert len(staged) / n_staged <= 206, (kernel.kernel_name, len(staged) / n_staged)
 
 
 @pytest.mark.parametrize("arch", ["sm_80", "sm_86", "sm_89", "sm_90"])

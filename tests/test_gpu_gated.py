@@ -22,12 +22,14 @@ from test_gpu_gemm import activations, make, poisoned
 
 pytestmark = [pytest.mark.gpu, requires_gpu]
 
-CONFIGS = [ZipGemmConfig(w, t, d, rg, strip_pairs=True) for w, t, d, rg in
-           [(4, 1, 1, 2), (16, 1, 1, 4), (8, 2, 1, 2), (8, 1, 2, 4), (2, 1, 1, 2)]]
+CONFIGS = [ZipGemmConfig(w, t, d, rg, sx, strip_pairs=True) for w, t, d, rg, sx in
+           [(4, 1, 1, 2, False), (16, 1, 1, 4, False), (8, 2, 1, 2, False), (8, 1, 2, 4, False),
+            (2, 1, 1, 2, False), (8, 1, 1, 2, True), (4, 2, 1, 4, True)]]
 
 
 def _name(cfg):
-    return f"w{cfg.warps_per_cta}_t{cfg.token_tiles}_d{cfg.depth}_rg{cfg.row_groups}"
+    return (f"w{cfg.warps_per_cta}_t{cfg.token_tiles}_d{cfg.depth}_rg{cfg.row_groups}"
+            + ("_sx" if cfg.stage_x else ""))
 
 
 def silu_mul_of_plain(cfg, x, ct):

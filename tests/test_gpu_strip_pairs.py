@@ -1,6 +1,7 @@
 """ZipGEMM with K strips in pairs (ZipGemmConfig.strip_pairs; paired_kernel.cuh): one patch pass
 for two adjacent strips, whose records come from one prefetched window in one or two rounds, or
-from global memory past 55. Checked against an FP32 reference, and bit for bit where the product
+from global memory past 55; activations direct or staged per warp (stage_x,
+paired_activations.cuh). Checked against an FP32 reference, and bit for bit where the product
 is exact (GPU only)."""
 from __future__ import annotations
 
@@ -18,8 +19,8 @@ from test_gpu_gemm import (activations, assert_close, check_bias_and_determinism
 pytestmark = [pytest.mark.gpu, requires_gpu]
 
 
-def paired(warps, token_tiles, depth, row_groups):
-    return ZipGemmConfig(warps, token_tiles, depth, row_groups, strip_pairs=True)
+def paired(warps, token_tiles, depth, row_groups, stage_x=False):
+    return ZipGemmConfig(warps, token_tiles, depth, row_groups, stage_x, strip_pairs=True)
 
 
 # warps 2-16, 1-4 row groups, load depth 1-4 (ring slots per loop body: 2, 6, 4, 10 strips),
@@ -27,6 +28,9 @@ def paired(warps, token_tiles, depth, row_groups):
 CONFIGS = [paired(w, t, d, rg) for w, t, d, rg in
            [(8, 1, 1, 2), (16, 1, 1, 1), (8, 1, 1, 1), (4, 1, 2, 1), (16, 1, 3, 4), (2, 1, 4, 1),
             (8, 2, 1, 2), (4, 4, 2, 4), (16, 1, 2, 2)]]
+# activations staged per warp: 1, 2 and 4 token tiles (1-4 copies per lane and token row pair)
+STAGED = [paired(w, t, d, rg, True) for w, t, d, rg in
+          [(8, 1, 1, 1), (16, 1, 1, 4), (4, 1, 1, 2), (8, 2, 1, 2), (4, 4, 2, 1), (2, 1, 4, 1)]]
 
 
 def _name(cfg):
@@ -43,7 +47,7 @@ def unit_records(ct, n, k):
     return offsets[first + 2] - offsets[first]
 
 
-@pytest.mark.parametrize("cfg", CONFIGS, ids=_name)
+@pytest.mark.parametrize("cfg", CONFIGS + STAGED, ids=_name)
 @pytest.mark.parametrize("m", [1, 5, 17])
 def test_configs_on_a_ragged_matrix(cfg, m):
     """N = 300 (strip rows past N in the last CTA), K = 1608: 25 full strips and a ragged one, so
@@ -52,7 +56,8 @@ def test_configs_on_a_ragged_matrix(cfg, m):
 
 
 @pytest.mark.parametrize("k", [64, 72, 128, 136, 1536, 1600])
-@pytest.mark.parametrize("cfg", [CONFIGS[0], CONFIGS[1], CONFIGS[4]], ids=_name)
+@pytest.mark.parametrize("cfg", [CONFIGS[0], CONFIGS[1], CONFIGS[4], STAGED[0], STAGED[1]],
+                         ids=_name)
 def test_units_and_leftover_strips(cfg, k):
     """No unit (1 or 2 strips, one ragged), one unit (and a ragged strip), whole units only, whole
     units and one full strip left over; more K slices than units for the 16-warp kernels."""
@@ -64,7 +69,8 @@ def test_units_and_leftover_strips(cfg, k):
         assert_close(out, reference(x, w))
 
 
-@pytest.mark.parametrize("cfg", [CONFIGS[0], CONFIGS[1], CONFIGS[6]], ids=_name)
+@pytest.mark.parametrize("cfg", [CONFIGS[0], CONFIGS[1], CONFIGS[6], STAGED[0], STAGED[3]],
+                         ids=_name)
 def test_selected_columns_are_the_weights_bit_for_bit(cfg):
     """Token t picks one column c_t of W (x one-hot): y[t] = W[:, c_t] exactly, for columns in
     every K strip and every position of a strip. The weights' units have 1-55 records (one or
@@ -78,7 +84,7 @@ def test_selected_columns_are_the_weights_bit_for_bit(cfg):
     check_selected_columns(cfg, w, ct, (torch.arange(m, device="cuda") * 61) % k)
 
 
-@pytest.mark.parametrize("cfg", [CONFIGS[0], CONFIGS[5]], ids=_name)
+@pytest.mark.parametrize("cfg", [CONFIGS[0], CONFIGS[5], STAGED[2]], ids=_name)
 def test_fallback_heavy_weights(cfg):
     """A quarter of the weights outside the window: ~500 records per unit, past the prefetched
     55, from global memory in further rounds."""
@@ -91,10 +97,13 @@ def test_fallback_heavy_weights(cfg):
     check_selected_columns(cfg, w, ct, torch.arange(0, 2048, 97, device="cuda"))
 
 
-def test_llama_shape_bias_and_determinism():
-    check_bias_and_determinism(CONFIGS[1], 1)  # each warp in K order, the slices in a fixed order
+@pytest.mark.parametrize("cfg, m", [(CONFIGS[1], 1), (STAGED[0], 8), (STAGED[3], 16)],
+                         ids=lambda v: _name(v) if isinstance(v, ZipGemmConfig) else f"m{v}")
+def test_llama_shape_bias_and_determinism(cfg, m):
+    check_bias_and_determinism(cfg, m)  # each warp in K order, the slices in a fixed order
 
 
-@pytest.mark.parametrize("cfg", [CONFIGS[0], CONFIGS[1]], ids=_name)
-def test_cuda_graph_replays_with_new_inputs(cfg):
-    check_graph_replays(cfg, 1, (1, 2))
+@pytest.mark.parametrize("cfg, m", [(CONFIGS[0], 1), (CONFIGS[1], 1), (STAGED[0], 8)],
+                         ids=lambda v: _name(v) if isinstance(v, ZipGemmConfig) else f"m{v}")
+def test_cuda_graph_replays_with_new_inputs(cfg, m):
+    check_graph_replays(cfg, m, (1, 2))

@@ -90,12 +90,18 @@ def test_fields_are_the_values_of_valid_configs():
     assert ZipGemmConfig(16, 8, 4, 1, True) not in space.valid
 
 
-def test_strip_pairs_are_searched_at_m_1_only():
-    """Paired strips (direct activations) won at M = 1 and lost every study at M = 8."""
+def test_strip_pairs_are_searched_direct_at_m_1_and_staged_from_m_8_to_32():
+    """Paired strips with direct activations won at M = 1 and lost every study at M = 8; with
+    staged activations (sm_90, the TMA) they won at M = 8 / 16 and lost at M = 1."""
     valid = enumerate_space("zipgemm", "sm_90", 1).valid
     assert any(c.strip_pairs for c in valid) and any(not c.strip_pairs for c in valid)
     assert all(not c.stage_x for c in valid if c.strip_pairs)
-    for m in (8, 16, 32, 64):
+    for m in (8, 16, 32):
         space = enumerate_space("zipgemm", "sm_90", m)
-        assert not any(c.strip_pairs for c in space.valid)
-        assert any("lost all 8 studies" in " ".join(r) for c, r in space.rejected if c.strip_pairs)
+        paired = [c for c in space.valid if c.strip_pairs]
+        assert paired and all(c.stage_x and c.tokens <= 32 for c in paired)
+        assert any("lost all 8 studies" in " ".join(r) for c, r in space.rejected
+                   if c.strip_pairs and not c.stage_x)
+    assert not any(c.strip_pairs for c in enumerate_space("zipgemm", "sm_90", 64).valid)
+    # the staged variant copies through the TMA: not on sm_80 / sm_86 / sm_89
+    assert not any(c.strip_pairs for c in enumerate_space("zipgemm", "sm_80", 8).valid)

@@ -75,8 +75,8 @@ class ZipGemmConfig(_Config):
     depth: int = 2
     row_groups: int = 1
     # activations through shared memory (cp.async, ldmatrix; shared by the row groups of a K
-    # slice) instead of each lane loading its B fragments: 8x fewer L1 wavefronts once token
-    # rows differ (M > 1)
+    # slice; with strip_pairs, per warp through the TMA) instead of each lane loading its B
+    # fragments: 8x fewer L1 wavefronts once token rows differ (M > 1)
     stage_x: bool = False
     # strip rows (16 rows each) per warp: the warp multiplies both with the activations it
     # read once, halving the B-fragment traffic per weight (ldmatrix, at M > 8) for more
@@ -99,10 +99,12 @@ class ZipGemmConfig(_Config):
     # at 64 / 128 tokens, where the other variants wait for each strip's wgmmas. With k_splits,
     # each CTA of a tile takes a contiguous share of K
     specialized: bool = False
-    # K strips in pairs (direct activations, mma.sync; paired_kernel.cuh): a warp's unit is two
-    # adjacent K strips of its row, whose fallback records are contiguous, so one entry-word
-    # load and one patch pass serve both; offsets, address arithmetic, __syncwarps and loop
-    # control are paid once per 128 columns (the M = 1 kernels are nearly issue-bound)
+    # K strips in pairs (mma.sync; paired_kernel.cuh): a warp's unit is two adjacent K strips
+    # of its row, whose fallback records are contiguous, so one entry-word load and one patch
+    # pass serve both; offsets, address arithmetic, __syncwarps and loop control are paid once
+    # per 128 columns. With stage_x (sm_90) each warp stages its units' activations in a
+    # private buffer (TMA boxes, ldmatrix; paired_activations.cuh), with no barrier between
+    # warps: the M = 8-32 kernel, where direct loads touch 8 lines each
     strip_pairs: bool = False
     # W is a gate and an up projection stacked ([gate; up]) and the kernel writes
     # silu(x gate^T) * (x up^T) (paired kernel only; paired_kernel.cuh): a Llama-style MLP's
@@ -161,11 +163,15 @@ class ZipGemmConfig(_Config):
                            "row_strips=1 and x_strips=1 (one multiplying warpgroup of 64 rows)")
         if not isinstance(self.strip_pairs, bool):
             out.append(f"strip_pairs={self.strip_pairs!r} is not a bool")
-        elif self.strip_pairs and not (self.stage_x is False and self.wgmma is False
-                                       and self.specialized is False and self.row_strips == 1
-                                       and self.x_strips == 1 and self.k_splits == 1):
-            out.append("strip_pairs=True needs stage_x=False, wgmma=False, specialized=False, "
-                       "row_strips=1, x_strips=1 and k_splits=1 (the direct mma.sync path)")
+        elif self.strip_pairs and not (self.wgmma is False and self.specialized is False
+                                       and self.row_strips == 1 and self.x_strips == 1
+                                       and self.k_splits == 1):
+            out.append("strip_pairs=True needs wgmma=False, specialized=False, row_strips=1, "
+                       "x_strips=1 and k_splits=1 (the mma.sync path, activations direct or "
+                       "staged per warp)")
+        elif self.strip_pairs and self.stage_x is True and not arch.tma:
+            out.append(f"strip_pairs=True with stage_x=True copies the activations with the "
+                       f"TMA: an sm_90 GPU (H100 / H200), not {arch.name}")
         if not isinstance(self.silu_mul, bool):
             out.append(f"silu_mul={self.silu_mul!r} is not a bool")
         elif self.silu_mul and not self.takes_silu_mul:
@@ -205,6 +211,10 @@ class ZipGemmConfig(_Config):
         # per K slice a double buffer of staged activations (8 rows at a pitch of 144 B per
         # token tile)
         tiles = self.warps_per_cta * 32 * 80 * (2 if self.strip_pairs else 1)
+        if self.strip_pairs and self.stage_x:  # a warp's buffer: its tokens x 128 columns
+            # (paired_activations.cuh: two strips' TMA boxes; the mbarrier in a tile's padding)
+            return max(tiles + self.warps_per_cta * 2 * self.tokens * 128,
+                       (self.warps_per_cta * 16 + 4) * self.tokens * 4)
         if self.stage_x:
             pitch = 128 if self.wgmma else 144  # wgmma: 128-byte swizzle atoms, 1024-aligned
             tiles += (self.warps_per_cta // self.row_groups * 2 * self.x_strips
@@ -226,6 +236,12 @@ class ZipGemmConfig(_Config):
                 + ("_ws" if self.specialized else "")
                 + ("_p2" if self.strip_pairs else "")
                 + ("_silu" if self.silu_mul else ""))
+
+    @property
+    def takes_x_map(self) -> bool:
+        """Whether the kernel reads x through the TMA, taking its tensor map as an argument
+        (zipgen.runtime.tma): the wgmma kernels and the paired kernel with staged activations."""
+        return self.wgmma is True or (self.strip_pairs is True and self.stage_x is True)
 
     @property
     def takes_silu_mul(self) -> bool:

@@ -135,7 +135,7 @@ def launch_fused(cfg: ZipGemmConfig, w: CompressedTensor, x2: torch.Tensor, bias
     kernel = get_kernel("zipgemm", cfg, x2.device)
     args = (w.sign_mantissa, w.planes, w.fallback_entries, w.fallback_offsets, x2, bias, y2,
             m, n, k, padded_shape(n, k)[1] // 64, w.fallback_entries.numel() // 4, w.base)
-    if cfg.wgmma:  # its activations come through the TMA
+    if cfg.takes_x_map:  # its activations come through the TMA
         args += (x_tensor_map(x2, cfg.tokens),)
     if cfg.k_splits > 1:
         args += split_k_buffers(x2.device, *cfg.split_k_sizes(n, m))

@@ -19,7 +19,12 @@
 // rows each), and the kernel writes silu(x gate^T) * (x up^T), [M, N / 2]. The CTA's first
 // kRowGroups / 2 strip rows are gate rows, the others the up rows of the same outputs, so one
 // CTA holds both sums of an output (store_silu_mul).
+//
+// kStageX (ZipGemmConfig.stage_x, sm_90): each warp stages its units' activations in a private
+// buffer after every warp's decode tiles, through the TMA (paired_activations.cuh), instead of
+// loading B fragments directly.
 #pragma once
+#include <zipgen/paired_activations.cuh>
 #include <zipgen/zipgemm_kernel.cuh>
 
 namespace zipgen {
@@ -102,7 +107,8 @@ __device__ __forceinline__ void store_silu_mul(const GemmArgs& a, const Partials
   }
 }
 
-template <int kWarps, int kRowGroups, int kTokenTiles, int kDepth, bool kSiluMul = false>
+template <int kWarps, int kRowGroups, int kTokenTiles, int kDepth, bool kSiluMul = false,
+          bool kStageX = false>
 __device__ __forceinline__ void zipgemm_pairs(const GemmArgs& a, unsigned char* smem) {
   static_assert(!kSiluMul || kRowGroups % 2 == 0, "silu_mul pairs gate and up row groups");
   constexpr int kWarpsK = kWarps / kRowGroups;  // warps sharing a strip row split its units
@@ -155,6 +161,24 @@ __device__ __forceinline__ void zipgemm_pairs(const GemmArgs& a, unsigned char* 
   const unsigned tile = shared_address(smem + warp * 2 * kWarpTileBytes);
   unsigned lane_tile = tile + lane * kLaneStageBytes;
   unsigned base_pair = base_pair_of(a.base);
+  // kStageX: the warp's activation buffer, after every warp's two decode tiles (1024-aligned:
+  // the dynamic shared memory of these kernels starts at a 1024-byte boundary, checked), and
+  // its mbarrier in the unused padding of lane 0's slice of its first decode tile
+  auto staged = [&] {  // not const: pin_registers() rewrites its members
+    if constexpr (kStageX) {
+      if (shared_address(smem) & 1023u) __trap();
+      return PairActivations<kTokenTiles>(
+          a, shared_address(smem + kWarps * 2 * kWarpTileBytes +
+                            warp * PairActivations<kTokenTiles>::kBytes),
+          tile + 64, tok0, lane);
+    } else {
+      return NoStaging{};
+    }
+  }();
+  // unit i's first column
+  const auto column_of = [&](int i) {
+    return (first_strip - row_first + static_cast<unsigned>(i) * (2 * kWarpsK)) * kStripCols;
+  };
 
   float acc[1][kTokenTiles][4];  // one strip row per warp (CtaPartials' layout)
 #pragma unroll
@@ -168,6 +192,7 @@ __device__ __forceinline__ void zipgemm_pairs(const GemmArgs& a, unsigned char* 
     for (int d = 0; d < kDepth; ++d) ring[d] = streams.load(strip_at(d / 2, d % 2));
     entries = entries_of(0, streams.offset(strip_at(0, 0)));
     ahead = streams.offset(strip_at(1, 0));
+    if constexpr (kStageX) staged.copy(column_of(0), lane);
   }
   for (int i0 = 0; i0 < count; i0 += kUnits) {
     pin(lane_tile);
@@ -178,11 +203,12 @@ __device__ __forceinline__ void zipgemm_pairs(const GemmArgs& a, unsigned char* 
     pin(entry_source.lane_words);
     pin(entry_source.last);
     pin(first_strip);
+    if constexpr (kStageX) staged.pin_registers();
 #pragma unroll
     for (int u = 0; u < kUnits; ++u) {
       const int i = i0 + u;
       if (i >= count) break;  // warp-uniform
-      const unsigned column = (first_strip - row_first + static_cast<unsigned>(i) * (2 * kWarpsK)) * kStripCols;
+      const unsigned column = column_of(i);
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
         const int t = 2 * u + h;  // the warp's strip 2 i + h, modulo the ring
@@ -190,30 +216,60 @@ __device__ __forceinline__ void zipgemm_pairs(const GemmArgs& a, unsigned char* 
         ring[ahead_t % kBuffers] = streams.load(strip_at(i + (h + kDepth) / 2, ahead_t % 2));
         decode_to_slice(ring[t % kBuffers], lane_tile + h * kWarpTileBytes, base_pair);
       }
-      // both strips' B fragments (L1 hits mostly: every warp of the CTA reads the same rows),
-      // in flight during the patch; loaded earlier they cost registers during the decode
-      unsigned bf[2][kTokenTiles][4][2];
+      if constexpr (kStageX) {
+        __syncwarp();  // every lane's decoded registers are in its slices
+        patch_pair(entries, tile, tile + kWarpTileBytes, base_pair & 0x7F80u, a, lane);
+        entries = entries_of(i + 1, ahead);
+        ahead = streams.offset(strip_at(i + 2, 0));
+        staged.wait(i);  // the unit's activations have landed
+        __syncwarp();  // the patches are visible to their owners
 #pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        const unsigned short* rows[kTokenTiles];
+        for (int h = 0; h < 2; ++h) {
 #pragma unroll
-        for (int nt = 0; nt < kTokenTiles; ++nt) rows[nt] = x_rows[nt] + column + h * kStripCols;
-        direct_fragments<kTokenTiles, false>(bf[h], rows, 0, lane);
-      }
-      __syncwarp();  // every lane's decoded registers are in its slices
-      patch_pair(entries, tile, tile + kWarpTileBytes, base_pair & 0x7F80u, a, lane);
-      entries = entries_of(i + 1, ahead);
-      ahead = streams.offset(strip_at(i + 2, 0));
-      __syncwarp();  // the patches are visible to their owners
+          for (int tp = 0; tp < 2; ++tp) {
+            const uint4 v0 = ld_shared_v4(lane_tile + h * kWarpTileBytes + 32 * tp);
+            const uint4 v1 = ld_shared_v4(lane_tile + h * kWarpTileBytes + 32 * tp + 16);
+            const unsigned af0[4] = {v0.x, v0.y, v0.z, v0.w}, af1[4] = {v1.x, v1.y, v1.z, v1.w};
 #pragma unroll
-      for (int h = 0; h < 2; ++h) {
+            for (int nt = 0; nt < kTokenTiles; ++nt) {
+              unsigned b[4];
+              staged.fragments(b, h, tp, nt);
+              mma_bf16_16816(acc[0][nt], af0, b[0], b[1]);
+              mma_bf16_16816(acc[0][nt], af1, b[2], b[3]);
+            }
+          }
+        }
+        if (i + 1 < count) {  // warp-uniform
+          __syncwarp();  // everybody's ldmatrix reads are done before the buffer is refilled
+          staged.copy(column + 2 * kWarpsK * kStripCols, lane);  // unit i + 1's
+        }
+      } else {
+        // both strips' B fragments (L1 hits mostly: every warp of the CTA reads the same
+        // rows), in flight during the patch; loaded earlier they cost registers during the
+        // decode
+        unsigned bf[2][kTokenTiles][4][2];
 #pragma unroll
-        for (int t = 0; t < 4; ++t) {
-          const uint4 v = ld_shared_v4(lane_tile + h * kWarpTileBytes + 16 * t);
-          const unsigned af[4] = {v.x, v.y, v.z, v.w};
+        for (int h = 0; h < 2; ++h) {
+          const unsigned short* rows[kTokenTiles];
 #pragma unroll
-          for (int nt = 0; nt < kTokenTiles; ++nt)
-            mma_bf16_16816(acc[0][nt], af, bf[h][nt][t][0], bf[h][nt][t][1]);
+          for (int nt = 0; nt < kTokenTiles; ++nt) rows[nt] = x_rows[nt] + column + h * kStripCols;
+          direct_fragments<kTokenTiles, false>(bf[h], rows, 0, lane);
+        }
+        __syncwarp();  // every lane's decoded registers are in its slices
+        patch_pair(entries, tile, tile + kWarpTileBytes, base_pair & 0x7F80u, a, lane);
+        entries = entries_of(i + 1, ahead);
+        ahead = streams.offset(strip_at(i + 2, 0));
+        __syncwarp();  // the patches are visible to their owners
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+#pragma unroll
+          for (int t = 0; t < 4; ++t) {
+            const uint4 v = ld_shared_v4(lane_tile + h * kWarpTileBytes + 16 * t);
+            const unsigned af[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+            for (int nt = 0; nt < kTokenTiles; ++nt)
+              mma_bf16_16816(acc[0][nt], af, bf[h][nt][t][0], bf[h][nt][t][1]);
+          }
         }
       }
     }
@@ -238,6 +294,8 @@ __device__ __forceinline__ void zipgemm_pairs(const GemmArgs& a, unsigned char* 
                                                       af, true);
     }
   }
+
+  if constexpr (kStageX) staged.release(lane);  // the partials below reuse its memory
 
   // Sum each strip row's K-slice partials in slice order and write BF16 rows of y.
   const CtaPartials<kWarps, kRowGroups, 1, kTokenTiles> partials(smem, acc, warp, g, q);
