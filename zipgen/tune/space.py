@@ -45,8 +45,8 @@ def _split_k_reasons(cfg, m_bucket: int | None) -> list[str]:
 # Paired strips with direct activations won 8 of the 9 M = 1 studies of the fifteenth session's
 # sweep and none of the 8 at M = 8, where their direct loads touch 8 lines each
 # (benchmarks/results/strip-pairs-sweep-s15-h200-2026-11-28.md). With the activations staged per
-# warp through the TMA (stage_x, eighteenth session) they beat the M = 8 / 16 winners of every
-# benchmark layer and a few at M = 32, and lose to the direct ones at M = 1 by 3-15 % (the
+# warp through the TMA (stage_x, eighteenth session) they beat 15 of the 16 M = 8 / 16 winners of
+# the benchmark layers and 2 of 8 at M = 32, and lose to the direct ones at M = 1 by 5-19 % (the
 # staging's cost where there is one token row: benchmarks/results/pairs-staged-ab-s18-*).
 STRIP_PAIRS_MAX_M = 1  # direct activations
 STAGED_PAIRS_MAX_TOKENS = 32  # staged: up to 4 token tiles (86 registers at 4)
@@ -58,7 +58,7 @@ def _strip_pairs_reasons(cfg, m_bucket: int | None) -> list[str]:
     if cfg.stage_x is True:
         if m_bucket == 1:
             return ["strip_pairs=True with stage_x=True for M bucket 1: the direct paired kernel "
-                    "was 3-15 % faster at M = 1 on every benchmark layer"]
+                    "was 5-19 % faster at M = 1 on every benchmark layer"]
         if cfg.tokens > STAGED_PAIRS_MAX_TOKENS:
             return [f"strip_pairs=True with stage_x=True and {cfg.tokens} tokens per CTA: "
                     f"measured up to {STAGED_PAIRS_MAX_TOKENS}"]
