@@ -216,6 +216,8 @@ __device__ __forceinline__ void zipgemm_pairs(const GemmArgs& a, unsigned char* 
         ring[ahead_t % kBuffers] = streams.load(strip_at(i + (h + kDepth) / 2, ahead_t % 2));
         decode_to_slice(ring[t % kBuffers], lane_tile + h * kWarpTileBytes, base_pair);
       }
+      // The two paths repeat the patch step: moved into a shared lambda it changed the direct
+      // kernel's register allocation (and so the machine code its database records timed)
       if constexpr (kStageX) {
         __syncwarp();  // every lane's decoded registers are in its slices
         patch_pair(entries, tile, tile + kWarpTileBytes, base_pair & 0x7F80u, a, lane);
