@@ -216,15 +216,26 @@ __device__ __forceinline__ void zipgemm_pairs(const GemmArgs& a, unsigned char* 
         ring[ahead_t % kBuffers] = streams.load(strip_at(i + (h + kDepth) / 2, ahead_t % 2));
         decode_to_slice(ring[t % kBuffers], lane_tile + h * kWarpTileBytes, base_pair);
       }
-      // The two paths repeat the patch step: moved into a shared lambda it changed the direct
-      // kernel's register allocation (and so the machine code its database records timed)
+      // both strips' B fragments, direct: loaded here (L1 hits mostly: every warp of the CTA
+      // reads the same rows), in flight during the patch; loaded earlier they cost registers
+      // during the decode. Staged: read from the warp's buffer right before their multiplies
+      unsigned bf[2][kTokenTiles][4][2];
+      if constexpr (!kStageX) {
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const unsigned short* rows[kTokenTiles];
+#pragma unroll
+          for (int nt = 0; nt < kTokenTiles; ++nt) rows[nt] = x_rows[nt] + column + h * kStripCols;
+          direct_fragments<kTokenTiles, false>(bf[h], rows, 0, lane);
+        }
+      }
+      __syncwarp();  // every lane's decoded registers are in its slices
+      patch_pair(entries, tile, tile + kWarpTileBytes, base_pair & 0x7F80u, a, lane);
+      entries = entries_of(i + 1, ahead);
+      ahead = streams.offset(strip_at(i + 2, 0));
+      if constexpr (kStageX) staged.wait(i);  // the unit's activations have landed
+      __syncwarp();  // the patches are visible to their owners
       if constexpr (kStageX) {
-        __syncwarp();  // every lane's decoded registers are in its slices
-        patch_pair(entries, tile, tile + kWarpTileBytes, base_pair & 0x7F80u, a, lane);
-        entries = entries_of(i + 1, ahead);
-        ahead = streams.offset(strip_at(i + 2, 0));
-        staged.wait(i);  // the unit's activations have landed
-        __syncwarp();  // the patches are visible to their owners
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
 #pragma unroll
@@ -246,22 +257,6 @@ __device__ __forceinline__ void zipgemm_pairs(const GemmArgs& a, unsigned char* 
           staged.copy(column + 2 * kWarpsK * kStripCols, lane);  // unit i + 1's
         }
       } else {
-        // both strips' B fragments (L1 hits mostly: every warp of the CTA reads the same
-        // rows), in flight during the patch; loaded earlier they cost registers during the
-        // decode
-        unsigned bf[2][kTokenTiles][4][2];
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-          const unsigned short* rows[kTokenTiles];
-#pragma unroll
-          for (int nt = 0; nt < kTokenTiles; ++nt) rows[nt] = x_rows[nt] + column + h * kStripCols;
-          direct_fragments<kTokenTiles, false>(bf[h], rows, 0, lane);
-        }
-        __syncwarp();  // every lane's decoded registers are in its slices
-        patch_pair(entries, tile, tile + kWarpTileBytes, base_pair & 0x7F80u, a, lane);
-        entries = entries_of(i + 1, ahead);
-        ahead = streams.offset(strip_at(i + 2, 0));
-        __syncwarp();  // the patches are visible to their owners
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
 #pragma unroll
