@@ -213,9 +213,8 @@ class ZipGemmConfig(_Config):
         tiles = self.warps_per_cta * 32 * 80 * (2 if self.strip_pairs else 1)
         if self.strip_pairs and self.stage_x:  # a warp's buffer: its tokens x 128 columns
             # (paired_activations.cuh: two strips' TMA boxes; the mbarrier in a tile's padding)
-            return max(tiles + self.warps_per_cta * 2 * self.tokens * 128,
-                       (self.warps_per_cta * 16 + 4) * self.tokens * 4)
-        if self.stage_x:
+            tiles += self.warps_per_cta * 2 * self.tokens * 128
+        elif self.stage_x:
             pitch = 128 if self.wgmma else 144  # wgmma: 128-byte swizzle atoms, 1024-aligned
             tiles += (self.warps_per_cta // self.row_groups * 2 * self.x_strips
                       * self.token_tiles * 8 * pitch + (1024 if self.wgmma else 0))
